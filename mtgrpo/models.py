@@ -96,3 +96,15 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path == BUNDLED_MODEL_NAME:
         return str(prepare_bundled_model())
     return name_or_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`mtgrpo prepare-model [--force]`: convert the bundled model and print where it is."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mtgrpo prepare-model", description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="convert again even if the cache holds it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(prepare_bundled_model(force=args.force))
+    return 0

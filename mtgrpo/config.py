@@ -1,0 +1,155 @@
+"""Recipe dataclasses: `MTGRPOConfig` (GRPOConfig + the multi-turn fields) and `ScriptArguments` (data, rewards).
+
+A recipe YAML holds fields of these two dataclasses plus TRL's `ModelConfig`; `mtgrpo.train` parses all three
+with TRL's `TrlParser` (YAML defaults, CLI overrides).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+logger = logging.getLogger(__name__)
+
+EPISODES = ("refine",)
+FEEDBACK_SOURCES = ("self", "template")
+
+DEFAULT_FEEDBACK_PROMPT = (
+    "You are now a strict math tutor. Check the attempt above step by step. Point out any mistake and give a "
+    "short hint, but do NOT solve the problem and do NOT state the final answer."
+)
+DEFAULT_FEEDBACK_TEMPLATE = "Check your attempt above step by step: recompute the arithmetic carefully."
+DEFAULT_REFINE_PROMPT = (
+    "Using the feedback, solve the problem again and finish with 'The answer is N.' where N is your final answer."
+)
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}. Choose one of {list(allowed)} (recipe field `{name}`).")
+
+
+@dataclass
+class MTGRPOConfig(GRPOConfig):
+    """GRPOConfig plus the multi-turn fields. Every GRPOConfig field keeps its TRL meaning."""
+
+    episode: str = field(
+        default="refine",
+        metadata={"help": f"Episode protocol run for each prompt. One of {list(EPISODES)}."},
+    )
+    feedback_source: str = field(
+        default="self",
+        metadata={
+            "help": "Who writes the feedback turn of a refine episode: 'self' = the policy under `feedback_prompt` "
+            "(a tutor that points out problems without solving), 'template' = the fixed `feedback_template` text."
+        },
+    )
+    train_feedback: bool = field(
+        default=False,
+        metadata={
+            "help": "With feedback_source=self: train the feedback tokens (they get their own advantage from the "
+            "final reward, MLMT-RL's high-level reward). When false they are masked out of the loss."
+        },
+    )
+    feedback_prompt: str = field(
+        default=DEFAULT_FEEDBACK_PROMPT,
+        metadata={"help": "User message that asks the policy for feedback (feedback_source=self). Masked."},
+    )
+    feedback_template: str = field(
+        default=DEFAULT_FEEDBACK_TEMPLATE,
+        metadata={"help": "Fixed feedback text (feedback_source=template). Masked."},
+    )
+    refine_prompt: str = field(
+        default=DEFAULT_REFINE_PROMPT,
+        metadata={"help": "User message that asks for the refined answer after the feedback. Masked."},
+    )
+    turn1_reward_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Reward behind the turn-1 advantage: w * R(turn 1) + (1 - w) * R(final), group-normalised. "
+            "1.0 = MLMT-RL / SCoRe stage II (turn 1 is credited with its own answer); 0.0 = outcome-only credit "
+            "(every turn gets the final reward, as GRPO-OR in MT-GRPO)."
+        },
+    )
+    refine_bonus_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "SCoRe / MLMT-RL stage II shaping of the final-turn reward: R(final) + alpha * (R(final) - "
+            "R(turn 1)). 0 disables it; SCoRe uses alpha > 0 to reward self-correction."
+        },
+    )
+    correctness_reward: str = field(
+        default="math_answer_correct",
+        metadata={
+            "help": "Name of the reward function (one of reward_funcs) whose value > 0.5 counts as a correct "
+            "answer for the turns/* and self_correction/* metrics."
+        },
+    )
+    episode_log_steps: int = field(
+        default=0,
+        metadata={"help": "Write OUTPUT_DIR/episodes/step_{global_step:06d}.jsonl every N steps; 0 = off."},
+    )
+    max_prompt_length: int | None = field(
+        default=512,
+        metadata={"help": "Longest allowed prompt in tokens (after the chat template); longer prompts are an error."},
+    )
+
+    def __post_init__(self):
+        _one_of("episode", self.episode, EPISODES)
+        _one_of("feedback_source", self.feedback_source, FEEDBACK_SOURCES)
+        if self.train_feedback and self.feedback_source != "self":
+            raise ValueError(
+                "train_feedback=true needs feedback_source=self: template feedback is not written by the policy. "
+                "Set feedback_source: self or train_feedback: false."
+            )
+        if not 0.0 <= self.turn1_reward_weight <= 1.0:
+            raise ValueError(f"turn1_reward_weight={self.turn1_reward_weight} must be in [0, 1].")
+        if self.episode_log_steps < 0:
+            raise ValueError(f"episode_log_steps={self.episode_log_steps} must be >= 0 (0 turns transcripts off).")
+        if self.max_prompt_length is not None and self.max_prompt_length <= 0:
+            raise ValueError(f"max_prompt_length={self.max_prompt_length} must be positive or null.")
+        self._fall_back_from_bf16_without_gpu()
+        super().__post_init__()
+
+    def _fall_back_from_bf16_without_gpu(self) -> None:
+        import torch
+
+        if torch.cuda.is_available() or self.bf16 is False:
+            return
+        if self.bf16 is True:
+            logger.warning("bf16 was requested but this machine has no CUDA GPU; training in fp32 instead.")
+        # GRPOConfig turns bf16=None into True, which transformers rejects on a CPU-only machine.
+        self.bf16 = False
+
+
+@dataclass
+class ScriptArguments:
+    """Data and reward fields of a recipe."""
+
+    dataset_name: str = field(
+        default="arithmetic",
+        metadata={"help": "Hub dataset id, a local .jsonl/.parquet file, or 'arithmetic' (procedural)."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_schema: str = field(
+        default="arithmetic",
+        metadata={"help": "Column mapping of the dataset: gsm8k, math, arithmetic or prompt_answer."},
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Split used for evaluation."})
+    num_train_examples: int | None = field(
+        default=None, metadata={"help": "Procedural datasets: how many training problems to generate."}
+    )
+    num_test_examples: int | None = field(
+        default=None, metadata={"help": "Procedural datasets: how many held-out problems to generate."}
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message for every prompt."})
+    prompt_template: str = field(
+        default="{problem}", metadata={"help": "User message template; `{problem}` is replaced by the problem."}
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["math_answer_correct", "format_reward"],
+        metadata={"help": "Reward function names (see rewards/) or dotted paths `pkg.module.function`."},
+    )

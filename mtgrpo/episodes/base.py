@@ -1,0 +1,153 @@
+"""The episode loop shared by every protocol: one batched generation call per turn over unfinished rollouts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..chat import ChatTurns
+
+# generate(prompt_ids, num_generations) -> (completion_ids, per-token logprobs or None). In the trainer this is
+# GRPOTrainer._generate_single_turn, so every backend (vLLM server/colocate, transformers) is used as TRL uses it.
+GenerateFn = Callable[[list[list[int]], int], tuple[list[list[int]], list[list[float]] | None]]
+
+
+@dataclass
+class Segment:
+    """A contiguous piece of an episode's completion stream.
+
+    role: "solver" / "feedback" / "tool" for turn content, "user" for injected instructions and role headers.
+    ids: token ids of the piece, as they sit in the stream.
+    trained: whether these tokens enter the loss (TRL's tool_mask = 1).
+    credit: which advantage the trained tokens receive (a key of Episode.advantages()); None when untrained.
+    text: the piece's text (decoded for generated turns, the source text for injected ones).
+    num_tokens: tokens of the turn's own text, without role headers or a closing EOS we added.
+    logprobs: sampling log-probabilities of generated ids (vLLM), else None.
+    """
+
+    role: str
+    ids: list[int]
+    trained: bool
+    credit: str | None = None
+    text: str = ""
+    num_tokens: int = 0
+    logprobs: list[float] | None = None
+
+
+@dataclass
+class TurnSpec:
+    """What the next turn is: an optional injected message (masked), then a generation by the policy."""
+
+    role: str
+    credit: str | None
+    trained: bool = True
+    message: str | None = None
+    message_role: str = "user"
+    message_text: str | None = None  # what transcripts show for the injected message (defaults to `message`)
+
+
+@dataclass
+class Rollout:
+    """One episode: a prompt and the segments appended to it, turn by turn."""
+
+    prompt_ids: list[int]
+    segments: list[Segment] = field(default_factory=list)
+    done: bool = False
+    state: dict = field(default_factory=dict)  # protocol-specific state (e.g. tool calls made)
+
+    def context_ids(self) -> list[int]:
+        return self.prompt_ids + self.completion_ids()
+
+    def completion_ids(self) -> list[int]:
+        return [tok for seg in self.segments for tok in seg.ids]
+
+    def tool_mask(self) -> list[int]:
+        return [int(seg.trained) for seg in self.segments for _ in seg.ids]
+
+    def logprobs(self) -> list[float | None]:
+        # Tokens the policy did not sample carry None (TRL maps it to NaN and leaves it out of the IS correction).
+        out: list[float | None] = []
+        for seg in self.segments:
+            out.extend(seg.logprobs if seg.logprobs is not None else [None] * len(seg.ids))
+        return out
+
+    def turns(self, role: str | None = None) -> list[Segment]:
+        """Turn segments (not injected instructions), optionally of one role."""
+        return [s for s in self.segments if s.role != "user" and (role is None or s.role == role)]
+
+
+class Episode(Protocol):
+    def next_turn(self, rollout: Rollout, turn_index: int) -> TurnSpec | None: ...
+
+    def after_turn(self, rollout: Rollout, segment: Segment) -> None: ...
+
+
+def run_episodes(
+    episode: Episode,
+    prompt_ids: Sequence[list[int]],
+    generate: GenerateFn,
+    chat: ChatTurns,
+    stop_ids: set[int],
+    num_generations: int,
+    any_process_active: Callable[[bool], bool] = lambda active: active,
+) -> list[Rollout]:
+    """Run all episodes turn by turn; each turn is ONE batched `generate` call over the unfinished rollouts.
+
+    `prompt_ids` arrive repeated `num_generations` times per prompt (TRL's sampler does this), so the first turn
+    passes `num_generations` to the backend (vLLM server de-duplicates and samples n per prompt); later turns
+    have distinct contexts and pass 1. `any_process_active` makes every process agree on whether another turn
+    runs, so the number of generation calls is identical on every rank (the vLLM server and ZeRO-3 generation
+    are collectives).
+    """
+    rollouts = [Rollout(prompt_ids=list(p)) for p in prompt_ids]
+    tokenizer = chat.tokenizer
+    turn_index = 0
+    while True:
+        specs = {i: episode.next_turn(r, turn_index) for i, r in enumerate(rollouts) if not r.done}
+        active = [i for i, spec in specs.items() if spec is not None]
+        for i, spec in specs.items():
+            if spec is None:
+                rollouts[i].done = True
+        if not any_process_active(bool(active)):
+            break
+        for i in active:
+            spec, rollout = specs[i], rollouts[i]
+            closing = chat.closing_ids(rollout.completion_ids(), stop_ids) if turn_index else []
+            if closing:
+                # An empty or truncated turn is closed with an EOS the policy did not sample (kept out of the loss).
+                # Only done when another turn follows, so a truncated final turn still looks truncated to TRL.
+                rollout.segments.append(Segment(role="user", ids=closing, trained=False))
+            if spec.message is not None:
+                text = spec.message_text if spec.message_text is not None else spec.message
+                ids = chat.user_turn(spec.message)
+                rollout.segments.append(
+                    Segment(
+                        role=spec.message_role,
+                        ids=ids,
+                        trained=False,
+                        text=text,
+                        num_tokens=len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+                    )
+                )
+        contexts = [rollouts[i].context_ids() for i in active]
+        if not contexts:
+            # Another process still has unfinished episodes: join its collective call with a throwaway prompt.
+            contexts = [rollouts[0].prompt_ids]
+        completion_ids, logprobs = generate(contexts, num_generations if turn_index == 0 else 1)
+        for k, i in enumerate(active):
+            spec, rollout = specs[i], rollouts[i]
+            ids = list(completion_ids[k])
+            segment = Segment(
+                role=spec.role,
+                ids=ids,
+                trained=spec.trained,
+                credit=spec.credit if spec.trained else None,
+                text=tokenizer.decode(ids, skip_special_tokens=True),
+                num_tokens=len(ids),
+                logprobs=list(logprobs[k]) if logprobs is not None else None,
+            )
+            rollout.segments.append(segment)
+            episode.after_turn(rollout, segment)
+        turn_index += 1
+    return rollouts

@@ -1,0 +1,94 @@
+"""Solve -> feedback -> refine (MLMT-RL / self-refine).
+
+Turn 1: the policy solves. Turn 2: feedback, written either by the policy itself under a tutor prompt
+(`feedback_source: self`) or taken from a fixed template (`feedback_source: template`, no generation).
+Turn 3: the policy refines with its attempt and the feedback in context. Injected instructions are masked.
+
+Credit: turn-1 tokens get the advantage of w * R(turn 1) + (1 - w) * R(final) (`turn1_reward_weight`);
+final-turn tokens get that of R(final) + alpha * (R(final) - R(turn 1)) (`refine_bonus_alpha`, SCoRe
+stage II); trained feedback tokens get that of R(final), the verifier outcome of the refined answer
+(MLMT-RL's reward for the feedback writer). Each is group-normalised on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..advantages import group_normalize
+from .base import Rollout, Segment, TurnSpec
+
+
+@dataclass
+class RefineEpisode:
+    feedback_source: str = "self"
+    train_feedback: bool = False
+    feedback_prompt: str = ""
+    feedback_template: str = ""
+    refine_prompt: str = ""
+    turn1_reward_weight: float = 1.0
+    refine_bonus_alpha: float = 0.0
+
+    @classmethod
+    def from_config(cls, args) -> RefineEpisode:
+        return cls(
+            feedback_source=args.feedback_source,
+            train_feedback=args.train_feedback,
+            feedback_prompt=args.feedback_prompt,
+            feedback_template=args.feedback_template,
+            refine_prompt=args.refine_prompt,
+            turn1_reward_weight=args.turn1_reward_weight,
+            refine_bonus_alpha=args.refine_bonus_alpha,
+        )
+
+    def __post_init__(self):
+        solve = TurnSpec(role="solver", credit="solve")
+        if self.feedback_source == "self":
+            self.plan = [
+                solve,
+                TurnSpec(role="feedback", credit="feedback", trained=self.train_feedback, message=self.feedback_prompt),
+                TurnSpec(role="solver", credit="refine", message=self.refine_prompt),
+            ]
+        elif self.feedback_source == "template":
+            # The template is the feedback turn: shown to the policy, never generated, never trained.
+            self.plan = [
+                solve,
+                TurnSpec(
+                    role="solver",
+                    credit="refine",
+                    message=f"{self.feedback_template}\n\n{self.refine_prompt}",
+                    message_role="feedback",
+                    message_text=self.feedback_template,
+                ),
+            ]
+        else:
+            raise ValueError(f"Unknown feedback_source {self.feedback_source!r}; use 'self' or 'template'.")
+
+    @property
+    def num_generation_turns(self) -> int:
+        return len(self.plan)
+
+    def next_turn(self, rollout: Rollout, turn_index: int) -> TurnSpec | None:
+        return self.plan[turn_index] if turn_index < len(self.plan) else None
+
+    def after_turn(self, rollout: Rollout, segment: Segment) -> None:
+        pass
+
+    def scored_turns(self, rollout: Rollout) -> dict[str, Segment]:
+        """The turns whose text the reward functions score: the first and the final answer."""
+        solver = rollout.turns("solver")
+        return {"turn1": solver[0], "final": solver[-1]}
+
+    def turn_rewards(self, rewards: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The raw reward behind each credit key (shown in transcripts)."""
+        return {"solve": rewards["turn1"], "refine": rewards["final"], "feedback": rewards["final"]}
+
+    def advantages(self, rewards: dict[str, torch.Tensor], num_generations: int, scale: str) -> dict[str, torch.Tensor]:
+        r1, rf = rewards["turn1"], rewards["final"]
+        w, alpha = self.turn1_reward_weight, self.refine_bonus_alpha
+        return {
+            "solve": group_normalize(w * r1 + (1 - w) * rf, num_generations, scale),
+            "refine": group_normalize(rf + alpha * (rf - r1), num_generations, scale),
+            "feedback": group_normalize(rf, num_generations, scale),
+        }

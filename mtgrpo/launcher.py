@@ -1,0 +1,476 @@
+"""Node launcher: one machine's share of a run, the vLLM rollout server plus `accelerate launch` of mtgrpo.train.
+
+    python -m mtgrpo.launcher RECIPE [--dry-run] [--field value ...]      # also: mtgrpo launch RECIPE ...
+    python -m mtgrpo.launcher RECIPE --num-nodes 2 --node-rank 1 --main-address 10.0.0.1   # second node
+
+Unknown flags (`--learning_rate 1.0e-06`, `--vllm_tensor_parallel_size 2`, ...) are recipe overrides for
+mtgrpo.train; the launcher reads the effective recipe values too, so an override changes the GPU split as well.
+
+When the recipe says `use_vllm: true` and `vllm_mode: server`, GPUs 0..k-1 of every node are reserved for vLLM
+(k = vllm_tensor_parallel_size, default 1) and the rest train. accelerate/torchrun start the same number of
+processes on every node, so the k GPUs stay idle on nodes other than rank 0, which alone runs the server (only
+the main training process talks to it). Without GPUs, the launcher runs `python -m mtgrpo.train` directly.
+Local EC2 (local_training/train.sh) and SageMaker (sagemaker_training/entrypoint.py) both call this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "local_training"
+DEFAULT_SERVER_TIMEOUT = 900.0  # a 7B model with CUDA-graph capture can take several minutes to come up
+STOP_GRACE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Command:
+    """One process to start: `argv`, plus `env`, the variables the launcher sets on top of the inherited ones."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def shell(self) -> str:
+        """The command as a copy-pasteable shell line."""
+        assignments = [f"{key}={shlex.quote(value)}" for key, value in self.env.items()]
+        return " ".join([*assignments, shlex.join(self.argv)])
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything one node runs, built by `plan_launch` without side effects.
+
+    Attributes:
+        train: the training command (`accelerate launch ... -m mtgrpo.train ...`, or plain python on CPU).
+        server: the vLLM server started on this node before training, or None.
+        server_log: where the server's stdout/stderr go (None without a server on this node).
+        health_url: `/health` URL that must answer 200 before training starts (this node's server or the
+            main node's), or None when no vLLM server is involved.
+        notes: human-readable decisions worth printing (GPU split, overrides the launcher added).
+    """
+
+    train: Command
+    server: Command | None = None
+    server_log: str | None = None
+    health_url: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class ServerError(RuntimeError):
+    """The vLLM server died or never became healthy."""
+
+
+def read_recipe(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Recipe {path} does not exist. Pass a YAML file under recipes/.")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"Recipe {path} must be a YAML mapping of field: value.")
+    return recipe
+
+
+def _override(overrides: Sequence[str], key: str) -> str | None:
+    """Value of `--key value` / `--key=value` in the training overrides (last one wins, like argparse)."""
+    value = None
+    for i, token in enumerate(overrides):
+        if token == f"--{key}":
+            nxt = overrides[i + 1] if i + 1 < len(overrides) else None
+            # HfArgumentParser accepts a bare `--flag` for booleans.
+            value = "true" if nxt is None or nxt.startswith("--") else nxt
+        elif token.startswith(f"--{key}="):
+            value = token.split("=", 1)[1]
+    return value
+
+
+def _setting(recipe: dict, overrides: Sequence[str], key: str, default=None):
+    value = _override(overrides, key)
+    if value is None:
+        return recipe.get(key, default)
+    if isinstance(default, bool) or isinstance(recipe.get(key), bool):
+        return value.lower() in ("yes", "true", "t", "y", "1")
+    return value
+
+
+def detect_gpus() -> int:
+    """GPUs this process may use: CUDA_VISIBLE_DEVICES if set, else what `nvidia-smi -L` lists, else 0."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
+
+
+def _default_accelerate_config(num_processes: int, num_nodes: int) -> Path:
+    if num_nodes > 1:
+        name = "zero3_multinode.yaml"
+    elif num_processes == 1:
+        name = "single_gpu.yaml"
+    else:
+        name = "zero3.yaml"
+    return ACCELERATE_CONFIGS / name
+
+
+def _vllm_serve_command(model: str, port: int, tensor_parallel: int, recipe: dict, overrides) -> list[str]:
+    # TRL builds the exact `vllm serve` line its server mode needs (dev-mode weight transfer, processed logprobs,
+    # uncapped logprobs, scale-out routes on vLLM >= 0.30); reuse it instead of copying the flag list.
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+    max_len = _setting(recipe, overrides, "vllm_max_model_length")
+    # GRPOConfig's 0.3 default is meant for colocate mode; a dedicated server GPU takes TRL serve's 0.9 unless
+    # the recipe asks otherwise.
+    memory = _setting(recipe, overrides, "vllm_gpu_memory_utilization", 0.9)
+    args = ScriptArguments(
+        model=model,
+        host="0.0.0.0",
+        port=port,
+        tensor_parallel_size=tensor_parallel,
+        gpu_memory_utilization=float(memory),
+        max_model_len=int(max_len) if max_len is not None else None,
+    )
+    return build_command(args)
+
+
+def plan_launch(
+    recipe_path: str | Path,
+    *,
+    num_gpus: int,
+    num_nodes: int = 1,
+    node_rank: int = 0,
+    main_address: str | None = None,
+    main_port: int = 29500,
+    accelerate_config: str | Path | None = None,
+    train_overrides: Sequence[str] = (),
+    visible_devices: str | None = None,
+    log_dir: str | Path | None = None,
+    python: str = sys.executable,
+) -> LaunchPlan:
+    """Decide what this node runs. Pure: reads the recipe, starts nothing.
+
+    Args:
+        recipe_path: the recipe YAML passed to `mtgrpo.train --config`.
+        num_gpus: GPUs on this node (0 = CPU-only: plain `python -m mtgrpo.train`, no vLLM).
+        num_nodes, node_rank, main_address, main_port: multi-node coordinates (accelerate's machine rank and
+            rendezvous address; `main_address` also hosts the vLLM server).
+        accelerate_config: accelerate YAML; default local_training/{single_gpu,zero3,zero3_multinode}.yaml.
+        train_overrides: extra `--field value` flags for mtgrpo.train (also read for vLLM settings).
+        visible_devices: the node's CUDA_VISIBLE_DEVICES, so the split maps onto the GPUs actually granted.
+        log_dir: directory for the vLLM server log (default `<output_dir>/logs`).
+        python: interpreter for every command.
+    """
+    recipe_path = str(recipe_path)
+    recipe = read_recipe(recipe_path)
+    overrides = list(train_overrides)
+    notes: list[str] = []
+    if num_nodes < 1 or not 0 <= node_rank < num_nodes:
+        raise ValueError(f"Node rank {node_rank} is not in [0, {num_nodes}). Pass --node-rank between 0 and --num-nodes - 1.")
+    if num_nodes > 1 and not main_address:
+        raise ValueError("Multi-node runs need --main-address: the IP or hostname of the node with rank 0.")
+    train_module = ["-m", "mtgrpo.train", "--config", recipe_path]
+    use_vllm = bool(_setting(recipe, overrides, "use_vllm", False))
+
+    if num_gpus == 0:
+        if num_nodes > 1:
+            raise ValueError("No GPUs found, but --num-nodes > 1: multi-node training needs GPU nodes.")
+        extra = []
+        if use_vllm:
+            # vLLM's weight sync needs CUDA + NCCL, so a CPU run generates with transformers instead.
+            extra = ["--use_vllm", "false"]
+            notes.append("no GPU: running without vLLM (--use_vllm false added)")
+        else:
+            notes.append("no GPU: running mtgrpo.train directly")
+        return LaunchPlan(train=Command([python, *train_module, *overrides, *extra]), notes=notes)
+
+    gpu_ids = [d.strip() for d in visible_devices.split(",")] if visible_devices else [str(i) for i in range(num_gpus)]
+    if len(gpu_ids) < num_gpus:
+        raise ValueError(f"--num-gpus {num_gpus} but CUDA_VISIBLE_DEVICES lists only {len(gpu_ids)}: {visible_devices}.")
+    gpu_ids = gpu_ids[:num_gpus]
+    server_mode = use_vllm and _setting(recipe, overrides, "vllm_mode", "colocate") == "server"
+    external = _setting(recipe, overrides, "vllm_server_base_url")
+    if server_mode and external:
+        notes.append(f"vllm_server_base_url={external}: using that server, starting none")
+        server_mode = False
+
+    server = server_log = health_url = None
+    vllm_gpus = 0
+    host_flags: list[str] = []
+    if server_mode:
+        vllm_gpus = int(_setting(recipe, overrides, "vllm_tensor_parallel_size", 1))
+        if vllm_gpus >= num_gpus:
+            raise ValueError(
+                f"The vLLM server needs {vllm_gpus} GPU(s) (vllm_tensor_parallel_size) and training at least 1, but "
+                f"this node has {num_gpus}. Lower vllm_tensor_parallel_size, or set `vllm_mode: colocate` to share "
+                "the GPUs between generation and training."
+            )
+        port = int(_setting(recipe, overrides, "vllm_server_port", 8000))
+        host = main_address if num_nodes > 1 else "127.0.0.1"
+        health_url = f"http://{host}:{port}/health"
+        host_flags = ["--vllm_server_host", host, "--vllm_server_port", str(port)]
+        if node_rank == 0:
+            model = _setting(recipe, overrides, "model_name_or_path")
+            if not model:
+                raise ValueError(f"Recipe {recipe_path} has no model_name_or_path for the vLLM server to load.")
+            output_dir = _setting(recipe, overrides, "output_dir", "trainer_output")
+            server_log = str(Path(log_dir or Path(output_dir) / "logs") / "vllm-server.log")
+            server = Command(
+                _vllm_serve_command(str(model), port, vllm_gpus, recipe, overrides),
+                {"CUDA_VISIBLE_DEVICES": ",".join(gpu_ids[:vllm_gpus]), "VLLM_SERVER_DEV_MODE": "1"},
+            )
+        notes.append(f"GPU split: {gpu_ids[:vllm_gpus]} vLLM, {gpu_ids[vllm_gpus:]} training")
+        if num_nodes > 1 and node_rank > 0:
+            notes.append(f"vLLM runs on the main node {main_address}; GPUs {gpu_ids[:vllm_gpus]} stay idle here")
+
+    per_node = num_gpus - vllm_gpus
+    total = per_node * num_nodes
+    config = Path(accelerate_config) if accelerate_config else _default_accelerate_config(total, num_nodes)
+    if not config.is_file():
+        raise FileNotFoundError(f"Accelerate config {config} not found. Pass --accelerate-config PATH (see local_training/).")
+    accelerate = [
+        python, "-m", "accelerate.commands.launch",
+        "--config_file", str(config),
+        "--num_processes", str(total),
+        "--num_machines", str(num_nodes),
+        "--machine_rank", str(node_rank),
+    ]
+    if num_nodes > 1:
+        accelerate += ["--main_process_ip", main_address, "--main_process_port", str(main_port)]
+    train = Command(
+        [*accelerate, *train_module, *host_flags, *overrides],
+        {"CUDA_VISIBLE_DEVICES": ",".join(gpu_ids[vllm_gpus:])},
+    )
+    return LaunchPlan(train=train, server=server, server_log=server_log, health_url=health_url, notes=notes)
+
+
+def format_plan(plan: LaunchPlan, server_timeout: float = DEFAULT_SERVER_TIMEOUT) -> str:
+    """What `--dry-run` prints: every command and variable the launcher would use, in order."""
+    lines = [f"# note: {note}" for note in plan.notes]
+    step = 1
+    if plan.server:
+        lines += [f"# {step}. vLLM server (new process group, log: {plan.server_log}):", plan.server.shell()]
+        step += 1
+    if plan.health_url:
+        lines.append(f"# {step}. wait up to {server_timeout:.0f} s for GET {plan.health_url} to answer 200")
+        step += 1
+    lines += [f"# {step}. training:", plan.train.shell()]
+    if plan.server:
+        lines.append("# then: stop the vLLM server's process group (also on failure, Ctrl-C or SIGTERM)")
+    return "\n".join(lines)
+
+
+def _log_tail(path: str | None, lines: int = 40) -> str:
+    if not path or not Path(path).is_file():
+        return "(no log)"
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64_000))
+        text = f.read().decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def _healthy(url: str) -> bool:
+    # No proxy: an http_proxy set for downloads would otherwise intercept a localhost/cluster address.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_for_server(
+    url: str,
+    process: subprocess.Popen | None,
+    timeout: float,
+    log_path: str | None = None,
+    poll_interval: float = 1.0,
+) -> None:
+    """Block until `url` answers 200. Raise ServerError (with the log's last lines) if `process` exits first
+    or `timeout` seconds pass. `process` is None when the server runs on another node."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise ServerError(
+                f"The vLLM server exited with code {process.returncode} before {url} answered. "
+                f"Last lines of {log_path}:\n{_log_tail(log_path)}\n"
+                "Fix the cause above (model name, GPU memory: lower vllm_gpu_memory_utilization or "
+                "vllm_max_model_length, vLLM version: `mtgrpo doctor --config RECIPE`) and launch again."
+            )
+        if _healthy(url):
+            return
+        if time.monotonic() > deadline:
+            where = f"Last lines of {log_path}:\n{_log_tail(log_path)}\n" if process is not None else ""
+            raise ServerError(
+                f"The vLLM server did not answer {url} within {timeout:.0f} s. {where}"
+                "Raise --server-timeout if it is still loading, or check that the main node started it and "
+                "that the port is reachable from this node."
+            )
+        time.sleep(poll_interval)
+
+
+def _start(command: Command, log_path: str | None = None) -> subprocess.Popen:
+    # A new session makes the process the leader of its own group, so stopping it reaches every worker it
+    # spawned (vLLM engine cores, torchrun ranks), and a terminal Ctrl-C reaches only us, who forward it.
+    output = None
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        output = open(log_path, "ab")
+    return subprocess.Popen(
+        command.argv,
+        env={**os.environ, **command.env},
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
+        start_new_session=True,
+    )
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_process_group(process: subprocess.Popen | None, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_SECONDS) -> None:
+    """Send `sig` to the process's whole group, wait up to `grace` seconds, then SIGKILL what is left."""
+    if process is None:
+        return
+    pgid = process.pid
+    if _group_alive(pgid):
+        os.killpg(pgid, sig)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        process.poll()  # reap the leader, or it stays in the group as a zombie
+        if not _group_alive(pgid):
+            break
+        time.sleep(0.2)
+    if _group_alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, _frame):
+    raise _Interrupted(signum)
+
+
+def execute(plan: LaunchPlan, server_timeout: float = DEFAULT_SERVER_TIMEOUT) -> int:
+    """Run a plan: server, health wait, training. Returns training's exit code (128 + signal if interrupted).
+    The server's process group is always stopped before returning."""
+    server = training = None
+    forwarded = signal.SIGTERM
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if plan.server:
+            print(f"[mtgrpo launch] starting vLLM server, log: {plan.server_log}", flush=True)
+            server = _start(plan.server, plan.server_log)
+        if plan.health_url:
+            wait_for_server(plan.health_url, server, server_timeout, plan.server_log)
+            print(f"[mtgrpo launch] vLLM server healthy at {plan.health_url}", flush=True)
+        print(f"[mtgrpo launch] {plan.train.shell()}", flush=True)
+        training = _start(plan.train)
+        while True:
+            try:
+                return training.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            if server is not None and server.poll() is not None:
+                raise ServerError(
+                    f"The vLLM server exited with code {server.returncode} during training. "
+                    f"Last lines of {plan.server_log}:\n{_log_tail(plan.server_log)}"
+                )
+    except _Interrupted as interrupted:
+        forwarded = interrupted.signum
+        print(f"[mtgrpo launch] got {signal.Signals(forwarded).name}, stopping training and vLLM", file=sys.stderr)
+        return 128 + forwarded
+    except ServerError as error:
+        print(f"[mtgrpo launch] {error}", file=sys.stderr)
+        return 1
+    finally:
+        # Cleanup is bounded (grace + SIGKILL); a second Ctrl-C must not abandon the children half-way.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        stop_process_group(training, forwarded)
+        stop_process_group(server)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtgrpo launch",
+        usage="mtgrpo launch RECIPE [options] [--field value ...]",
+        description="Start the vLLM rollout server and accelerate on this node for a recipe. "
+        "Unknown --field value flags are recipe overrides passed to mtgrpo.train.",
+        allow_abbrev=False,  # `--num` must not silently match `--num-gpus` instead of reaching mtgrpo.train
+    )
+    parser.add_argument("--config", help="the recipe (alternative to the positional RECIPE)")
+    parser.add_argument("--num-gpus", type=int, help="GPUs on this node (default: detected)")
+    parser.add_argument("--num-nodes", type=int, default=1)
+    parser.add_argument("--node-rank", type=int, default=0)
+    parser.add_argument("--main-address", help="address of the rank-0 node (multi-node)")
+    parser.add_argument("--main-port", type=int, default=29500, help="rendezvous port on the rank-0 node")
+    parser.add_argument("--accelerate-config", help="accelerate YAML (default: picked from local_training/)")
+    parser.add_argument("--log-dir", help="vLLM server log directory (default: <output_dir>/logs)")
+    parser.add_argument("--server-timeout", type=float, default=DEFAULT_SERVER_TIMEOUT, help="seconds to wait for /health")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and variables, start nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The recipe comes first so that values of unknown override flags are never taken for it.
+    recipe = argv.pop(0) if argv and not argv[0].startswith("-") else None
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    recipe = recipe or args.config
+    if not recipe:
+        parser.error("give the recipe: mtgrpo launch RECIPE [options]")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        plan = plan_launch(
+            recipe,
+            num_gpus=detect_gpus() if args.num_gpus is None else args.num_gpus,
+            num_nodes=args.num_nodes,
+            node_rank=args.node_rank,
+            main_address=args.main_address,
+            main_port=args.main_port,
+            accelerate_config=args.accelerate_config,
+            train_overrides=overrides,
+            visible_devices=visible or None,
+            log_dir=args.log_dir,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"mtgrpo launch: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(format_plan(plan, args.server_timeout))
+        return 0
+    return execute(plan, args.server_timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Train with a recipe: the one entry point for every place the trainer runs.
+
+    python -m mtgrpo.train --config recipes/smollm2-135m-instruct/arithmetic-refine.yaml [--field value ...]
+    mtgrpo train --config RECIPE [--field value ...]
+    accelerate launch --config_file local_training/zero3.yaml -m mtgrpo.train --config RECIPE
+
+The recipe's YAML gives the defaults, CLI flags override them (TRL's TrlParser). A run whose output_dir already
+holds complete checkpoints resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from .config import MTGRPOConfig, ScriptArguments
+
+logger = logging.getLogger(__name__)
+
+
+def _recipe_dataclasses():
+    from trl import ModelConfig
+
+    return (ScriptArguments, MTGRPOConfig, ModelConfig)
+
+
+def check_recipe_keys(path: str | Path) -> dict:
+    """Load a recipe and reject keys no dataclass knows, suggesting the closest field name."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Recipe {path} does not exist. Pass --config with a file under recipes/.")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"Recipe {path} must be a YAML mapping of field: value.")
+    known = {f.name for cls in _recipe_dataclasses() for f in fields(cls)} | {"env"}
+    for key in recipe:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"Unknown recipe key {key!r} in {path}.{hint} Fix the spelling or remove it; valid keys are the "
+                "fields of mtgrpo.ScriptArguments, mtgrpo.MTGRPOConfig and trl.ModelConfig."
+            )
+    return recipe
+
+
+def parse_recipe(argv: list[str] | None = None):
+    """(script_args, training_args, model_args) from `--config RECIPE` plus CLI overrides."""
+    from trl import TrlParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv:
+        check_recipe_keys(argv[argv.index("--config") + 1])
+    parser = TrlParser(_recipe_dataclasses())
+    return parser.parse_args_and_config(args=argv)
+
+
+def check_prompt_lengths(dataset, tokenizer, max_prompt_length: int | None) -> None:
+    """Fail before training (nothing written yet) when a prompt exceeds max_prompt_length."""
+    if max_prompt_length is None:
+        return
+    for i, row in enumerate(dataset):
+        n = len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
+        if n > max_prompt_length:
+            raise ValueError(
+                f"Row {i} of the training set has a {n}-token prompt, more than max_prompt_length="
+                f"{max_prompt_length}: {row['prompt'][-1]['content'][:100]!r}... Raise max_prompt_length in the "
+                "recipe, shorten system_prompt / prompt_template, or filter long problems out of the dataset."
+            )
+
+
+def build_trainer(script_args, training_args, model_args):
+    """Everything `main` does before `train()`: resolve the model, load data and rewards, build the trainer."""
+    from transformers import AutoTokenizer
+    from trl import get_peft_config
+
+    from .data import load_task_dataset
+    from .models import resolve_model_path
+    from .registry import get_reward_funcs
+    from .trainer import MultiTurnGRPOTrainer
+
+    # Cheap checks first, so a bad recipe fails before any model is loaded or file is written.
+    reward_funcs = get_reward_funcs(script_args.reward_funcs)
+    train_dataset = load_task_dataset(
+        script_args.dataset_name,
+        script_args.dataset_schema,
+        script_args.dataset_train_split,
+        dataset_config=script_args.dataset_config,
+        system_prompt=script_args.system_prompt,
+        prompt_template=script_args.prompt_template,
+        num_examples=script_args.num_train_examples,
+        seed=training_args.seed,
+    )
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    check_prompt_lengths(train_dataset, tokenizer, training_args.max_prompt_length)
+    training_args.model_init_kwargs = {
+        **(training_args.model_init_kwargs or {}),
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    return MultiTurnGRPOTrainer(
+        model=model_path,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .checkpoints import latest_checkpoint
+
+    script_args, training_args, model_args = parse_recipe(argv)
+    trainer = build_trainer(script_args, training_args, model_args)
+    checkpoint = latest_checkpoint(training_args.output_dir)
+    if checkpoint:
+        logger.info("Resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(training_args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""MultiTurnGRPOTrainer: GRPOTrainer whose rollouts are multi-turn episodes.
+
+What is overridden, and why (everything else — losses, KL, vLLM weight sync, logging — is TRL's):
+- the rollout: TRL's own `rollout_func` hook runs our episodes, each turn ONE call to
+  `_generate_single_turn` (TRL's backend dispatch: vLLM server/colocate or transformers);
+  tokens the policy did not write go into TRL's `tool_mask` as 0;
+- `_generate`: the completion handed to reward functions is the episode's final answer, not the stream;
+- `_calculate_rewards`: also scores the other turns the episode asks for (e.g. turn 1);
+- `_generate_and_score_completions`: replaces the (B,) advantages with (B, T) per-turn advantages,
+  logs the per-turn metrics and writes episode transcripts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from accelerate.utils import gather_object
+from trl import GRPOTrainer
+from trl.chat_template_utils import get_training_chat_template, is_chat_template_prefix_preserving
+from trl.data_utils import is_conversational
+
+from .advantages import token_advantages
+from .chat import ChatTurns
+from .config import MTGRPOConfig
+from .episodes import build_episode, run_episodes
+from .metrics import self_correction_metrics
+from .transcripts import episode_records, write_transcripts
+
+logger = logging.getLogger(__name__)
+
+
+class MultiTurnGRPOTrainer(GRPOTrainer):
+    """GRPO over multi-turn episodes. Takes GRPOTrainer's arguments plus an optional `episode` object
+    (default: the protocol named by `args.episode`)."""
+
+    def __init__(self, *args, episode=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, MTGRPOConfig):
+            raise TypeError("MultiTurnGRPOTrainer needs an MTGRPOConfig (GRPOConfig plus the multi-turn fields).")
+        if self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                "MultiTurnGRPOTrainer normalises each turn's summed reward within its group; set "
+                "multi_objective_aggregation: sum_then_normalize."
+            )
+        if self.rollout_func is not None or self.tools:
+            raise ValueError("MultiTurnGRPOTrainer runs its own episodes; do not pass rollout_func or tools.")
+        self.episode = episode or build_episode(self.args)
+        # Turns are concatenated token streams, so the template must render earlier messages identically
+        # whatever follows them; TRL swaps in a training-safe template for the tool loop for the same reason.
+        if self.chat_template is None and not is_chat_template_prefix_preserving(self.processing_class):
+            self.chat_template = get_training_chat_template(self.processing_class)
+        self.chat_turns = ChatTurns(self._tokenizer, self.chat_template, self.chat_template_kwargs)
+        self._stop_ids = set(self.eos_token_ids)
+        names = list(self.reward_func_names)
+        self._correctness_index = names.index(self.args.correctness_reward) if self.args.correctness_reward in names else None
+        if self._correctness_index is None:
+            logger.warning(
+                "correctness_reward %r is not among reward_funcs %s: turns/* and self_correction/* metrics are off.",
+                self.args.correctness_reward,
+                names,
+            )
+        # TRL's hook for custom rollouts: it syncs weights to vLLM before calling it, and treats the returned
+        # env_mask as tool_mask (0 = attended to, not trained).
+        self.rollout_func = self._rollout
+        self.generation_calls = 0  # generation calls made by this process (benchmarks and tests read it)
+        self._rollouts = None
+        self._scored_rewards = None
+
+    # ---- rollout -------------------------------------------------------------------------------------------
+
+    def _num_generations(self) -> int:
+        return self.num_generations if self.model.training else self.num_generations_eval
+
+    def _rollout(self, prompts, trainer=None) -> dict:
+        prompt_ids, _, _ = self._tokenize_prompts(prompts)
+        self._check_prompt_lengths(prompt_ids, prompts)
+        self._rollouts = run_episodes(
+            self.episode,
+            prompt_ids,
+            self._generate_turn,
+            self.chat_turns,
+            self._stop_ids,
+            self._num_generations(),
+            any_process_active=self._any_process_active,
+        )
+        has_logprobs = any(seg.logprobs is not None for r in self._rollouts for seg in r.segments)
+        return {
+            "prompt_ids": [list(p) for p in prompt_ids],
+            "completion_ids": [r.completion_ids() for r in self._rollouts],
+            "logprobs": [r.logprobs() for r in self._rollouts] if has_logprobs else None,
+            "env_mask": [r.tool_mask() for r in self._rollouts],
+        }
+
+    def _generate_turn(self, prompt_ids, num_generations):
+        self.generation_calls += 1
+        return self._generate_single_turn(prompt_ids, None, {}, num_generations)
+
+    def _any_process_active(self, active: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return active
+        flags = self.accelerator.gather(torch.tensor([int(active)], device=self.accelerator.device))
+        return bool(flags.sum().item())
+
+    def _check_prompt_lengths(self, prompt_ids, prompts) -> None:
+        limit = self.args.max_prompt_length
+        if limit is None:
+            return
+        for ids, prompt in zip(prompt_ids, prompts, strict=True):
+            if len(ids) > limit:
+                raise ValueError(
+                    f"A prompt is {len(ids)} tokens long after the chat template, more than max_prompt_length="
+                    f"{limit}: {_prompt_text(prompt)[:120]!r}... Raise max_prompt_length in the recipe, or shorten "
+                    "system_prompt / prompt_template, or filter long problems from the dataset."
+                )
+
+    def _generate(self, prompts):
+        prompt_ids, completion_ids, tool_mask, _, logprobs, extra, images, tool_images = super()._generate(prompts)
+        # Reward functions score the episode's final answer, not the whole stream with feedback in it.
+        finals = [self.episode.scored_turns(r)["final"].text for r in self._rollouts]
+        completions = _as_completions(prompts, finals)
+        return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra, images, tool_images
+
+    # ---- rewards and advantages ----------------------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        if self._rollouts is None:
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        scored = [self.episode.scored_turns(r) for r in self._rollouts]
+        # Same keys, same order on every process: each call below is a collective (it gathers the rewards).
+        self._scored_rewards = {
+            key: super(MultiTurnGRPOTrainer, self)._calculate_rewards(
+                inputs,
+                prompts,
+                _as_completions(prompts, [s[key].text for s in scored]),
+                [s[key].ids for s in scored],
+            )
+            for key in scored[0]
+        }
+        return self._scored_rewards["final"]
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        device = self.accelerator.device
+        weights = self.reward_weights.to(device)
+        rewards = {}
+        for key, per_func in self._scored_rewards.items():
+            total = (per_func * weights.unsqueeze(0)).nansum(dim=1)
+            total[torch.isnan(per_func).all(dim=1)] = torch.nan  # unscorable, as in TRL
+            rewards[key] = total
+        num_generations = self._num_generations()
+        global_adv = self.episode.advantages(rewards, num_generations, self.scale_rewards)
+        start = self.accelerator.process_index * len(inputs)
+        local_adv = {k: v[start : start + len(inputs)].cpu() for k, v in global_adv.items()}
+        width = output["completion_ids"].size(1)
+        output["advantages"] = token_advantages(self._rollouts, local_adv, width).to(device)
+        self._log_turn_metrics(mode, device)
+        if mode == "train" and self.args.episode_log_steps and self.state.global_step % self.args.episode_log_steps == 0:
+            records = episode_records(
+                inputs,
+                self._rollouts,
+                self.episode.turn_rewards({k: v[start : start + len(inputs)] for k, v in rewards.items()}),
+                output["advantages"],
+                first_index=start,
+                num_generations=num_generations,
+            )
+            records = gather_object(records)
+            if self.accelerator.is_main_process:
+                write_transcripts(self.args.output_dir, self.state.global_step, records)
+        self._rollouts, self._scored_rewards = None, None
+        return output
+
+    def _log_turn_metrics(self, mode: str, device) -> None:
+        metrics = self._metrics[mode]
+        if self._correctness_index is not None and "turn1" in self._scored_rewards:
+            first = self._scored_rewards["turn1"][:, self._correctness_index] > 0.5
+            final = self._scored_rewards["final"][:, self._correctness_index] > 0.5
+            for name, value in self_correction_metrics(first.tolist(), final.tolist()).items():
+                metrics[name].append(value)
+        lengths = [seg.num_tokens for r in self._rollouts for seg in r.turns("feedback")]
+        stats = torch.tensor([float(sum(lengths)), float(len(lengths))], device=device)
+        total, count = self.accelerator.gather(stats).view(-1, 2).sum(dim=0).tolist()
+        if count:
+            metrics["feedback/mean_tokens"].append(total / count)
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), str(prompt))
+
+
+def _as_completions(prompts, texts: list[str]):
+    """Texts in the form TRL hands to reward functions: messages for conversational prompts, else strings."""
+    if is_conversational({"prompt": prompts[0]}):
+        return [[{"role": "assistant", "content": t}] for t in texts]
+    return list(texts)

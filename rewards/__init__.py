@@ -1,0 +1,22 @@
+"""Reward functions with TRL's batched signature ``f(completions, **columns) -> list[float]``.
+
+Installed as ``mtgrpo.rewards``; recipes name them by their key in REWARD_FUNCS (see mtgrpo.registry).
+Each function's ``__name__`` is its registry name, which TRL logs as ``rewards/<name>/mean``, and its
+``reward_level`` says whether it scores the whole episode ("outcome") or a single turn ("turn").
+"""
+
+from collections.abc import Callable
+
+from ._text import completion_text
+from .math_answer import extract_final_answer, format_reward, last_boxed, math_answer_correct
+
+REWARD_FUNCS: dict[str, Callable] = {f.__name__: f for f in (math_answer_correct, format_reward)}
+
+__all__ = [
+    "REWARD_FUNCS",
+    "completion_text",
+    "extract_final_answer",
+    "format_reward",
+    "last_boxed",
+    "math_answer_correct",
+]
