@@ -86,20 +86,18 @@ def load_task_dataset(
         system_prompt: if given, a system message placed before the user message.
         prompt_template: user message, formatted with ``problem=`` (write literal braces doubled: ``\\boxed{{}}``).
         limit: keep only the first ``limit`` rows.
-        seed, num_examples: arithmetic only: sampling seed and size (default 2000 train, 100 test).
+        seed, num_examples: arithmetic: sampling seed and size (default 2000 train, 100 test); other datasets:
+            num_examples caps the size like ``limit``.
     """
     if schema not in SCHEMAS:
         raise ValueError(f"Unknown dataset_schema {schema!r}. Valid schemas: {', '.join(SCHEMAS)}.")
     _check_template(prompt_template)
     if dataset_name == ARITHMETIC:
         raw = _arithmetic(split, seed, num_examples)
-    elif num_examples is not None:
-        raise ValueError(
-            f"num_examples (recipe: num_train_examples / num_test_examples) only sizes the procedural "
-            f"'arithmetic' dataset; leave it unset for {dataset_name!r} (use limit to truncate a dataset)."
-        )
     else:
         raw = _load_raw(dataset_name, split, dataset_config)
+        # For a fixed dataset the size fields of a recipe only cap it, so an override of dataset_name keeps working.
+        limit = min(x for x in (limit, num_examples) if x is not None) if (limit or num_examples) else None
 
     problem_column = _first_present(SCHEMAS[schema].problem_columns, raw, dataset_name, schema)
     gold_column = _first_present(tuple(SCHEMAS[schema].gold_columns), raw, dataset_name, schema)

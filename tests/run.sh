@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# bash tests/run.sh [pytest args]
+# Installs the CPU stack with the dev extras and runs the whole default suite (slow tests included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source local_training/install_cpu.sh cpu,dev
+collected=$(python -m pytest --collect-only -q "$@" | grep -c "::" || true)
+if [ "${collected}" -eq 0 ]; then
+  echo "ERROR: pytest collected no tests; refusing to report success." >&2
+  exit 1
+fi
+echo "Running ${collected} tests"
+python -m pytest -q -ra "$@"
