@@ -23,7 +23,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from .launcher import _healthy, read_recipe
+from .launcher import is_healthy, read_recipe
 
 # Used when mtgrpo is run from a checkout without being pip-installed; mirrors pyproject.toml (a test checks).
 FALLBACK_RANGES = {
@@ -96,12 +96,18 @@ def check_torch_and_gpus(recipe: dict) -> list[Check]:
     vllm_gpus = int(recipe.get("vllm_tensor_parallel_size", 1)) if uses_vllm_server(recipe) else 0
     if vllm_gpus and count <= vllm_gpus:
         fix = "use vllm_mode: colocate, or a node with more GPUs"
-        return [*checks, Check("gpu", FAIL, f"{detail}; the vLLM server takes {vllm_gpus}, none left to train", fix)]
+        return [
+            *checks,
+            Check("gpu", FAIL, f"{detail}; the vLLM server takes {vllm_gpus}, none left to train", fix),
+        ]
     return [*checks, Check("gpu", OK, detail)]
 
 
 def check_package(name: str, spec: str, required: bool, why: str) -> Check:
-    install = f'pip install "{name}{spec}"'
+    # vllm and deepspeed are mtgrpo extras: installing the extra keeps the pins in one place (pyproject.toml).
+    install = (
+        f'pip install "mtgrpo[{name}]"' if name in ("vllm", "deepspeed") else f'pip install "{name}{spec}"'
+    )
     try:
         version = metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -109,7 +115,9 @@ def check_package(name: str, spec: str, required: bool, why: str) -> Check:
         return Check(name, status, f"not installed ({why})", install)
     if SpecifierSet(spec).contains(version, prereleases=True):
         return Check(name, OK, f"{version} (supported {spec})")
-    return Check(name, FAIL if required else WARN, f"{version} is outside the supported range {spec}", install)
+    return Check(
+        name, FAIL if required else WARN, f"{version} is outside the supported range {spec}", install
+    )
 
 
 def check_packages(recipe: dict) -> list[Check]:
@@ -145,7 +153,9 @@ def check_disk(recipe: dict, min_free_gb: float) -> Check:
     free_gb = shutil.disk_usage(existing).free / 2**30
     if free_gb < min_free_gb:
         fix = f"free space on {existing}, point output_dir at a larger volume, or lower save_total_limit"
-        return Check("disk", FAIL, f"{free_gb:.0f} GiB free for {output_dir}, want >= {min_free_gb:.0f} GiB", fix)
+        return Check(
+            "disk", FAIL, f"{free_gb:.0f} GiB free for {output_dir}, want >= {min_free_gb:.0f} GiB", fix
+        )
     return Check("disk", OK, f"{free_gb:.0f} GiB free for {output_dir}")
 
 
@@ -153,20 +163,25 @@ def check_vllm_server(recipe: dict, recipe_path: str | None) -> list[Check]:
     if not uses_vllm_server(recipe):
         return []
     host = recipe.get("vllm_server_host", "0.0.0.0")
-    base = recipe.get("vllm_server_base_url") or f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{recipe.get('vllm_server_port', 8000)}"
+    base = (
+        recipe.get("vllm_server_base_url")
+        or f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{recipe.get('vllm_server_port', 8000)}"
+    )
     url = f"{base.rstrip('/')}/health"
-    if _healthy(url):
+    if is_healthy(url):
         return [Check("vllm server", OK, f"{url} answers")]
     fix = f"`mtgrpo launch {recipe_path}` starts it; to run mtgrpo.train by hand, start `vllm serve` first (see --dry-run)"
     return [Check("vllm server", WARN, f"{url} does not answer (not started yet?)", fix)]
 
 
-def _netrc_has(host: str) -> bool:
+def _netrc_with(host: str) -> Path | None:
+    """The netrc file holding a login for `host`, if any (only its presence is read, never shown)."""
     path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        return path.is_file() and netrc.netrc(str(path)).authenticators(host) is not None
+        found = path.is_file() and netrc.netrc(str(path)).authenticators(host) is not None
     except (netrc.NetrcParseError, OSError):
-        return False
+        found = False
+    return path if found else None
 
 
 def check_credentials(recipe: dict) -> list[Check]:
@@ -175,11 +190,13 @@ def check_credentials(recipe: dict) -> list[Check]:
     wandb_needed = "wandb" in report_to and os.environ.get("WANDB_MODE") not in ("offline", "disabled")
     if os.environ.get("WANDB_API_KEY"):
         wandb = Check("wandb key", OK, "set in WANDB_API_KEY")
-    elif _netrc_has("api.wandb.ai"):
-        wandb = Check("wandb key", OK, "found in ~/.netrc")
-    else:
+    elif netrc_path := _netrc_with("api.wandb.ai"):
+        wandb = Check("wandb key", OK, f"found in {netrc_path}")
+    elif wandb_needed:
         fix = "wandb login (or export WANDB_API_KEY; on SageMaker --wandb-secret-id), or WANDB_MODE=offline"
-        wandb = Check("wandb key", FAIL if wandb_needed else WARN, "not found" + ("" if wandb_needed else " (report_to has no wandb)"), fix)
+        wandb = Check("wandb key", FAIL, "not found, and the recipe reports to wandb", fix)
+    else:
+        wandb = Check("wandb key", OK, "not set; not needed (the recipe does not report to wandb)")
     hf_token_file = _hf_token_path()
     if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"):
         hf = Check("hf token", OK, "set in the environment")
@@ -232,7 +249,9 @@ def format_report(checks: list[Check]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtgrpo doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="recipe to check the machine against")
-    parser.add_argument("--min-free-gb", type=float, help="free disk wanted for output_dir (default 50 GPU, 2 CPU)")
+    parser.add_argument(
+        "--min-free-gb", type=float, help="free disk wanted for output_dir (default 50 GPU, 2 CPU)"
+    )
     args = parser.parse_args(argv)
     try:
         checks = run_checks(args.config, args.min_free_gb)

@@ -126,17 +126,22 @@ def _default_accelerate_config(num_processes: int, num_nodes: int) -> Path:
     return ACCELERATE_CONFIGS / name
 
 
-def _vllm_serve_command(model: str, port: int, tensor_parallel: int, recipe: dict, overrides) -> list[str]:
+def _vllm_serve_command(
+    recipe_path: str, recipe: dict, overrides, port: int, tensor_parallel: int
+) -> list[str]:
     # TRL builds the exact `vllm serve` line its server mode needs (dev-mode weight transfer, processed logprobs,
     # uncapped logprobs, scale-out routes on vLLM >= 0.30); reuse it instead of copying the flag list.
     from trl.scripts.vllm_serve import ScriptArguments, build_command
 
+    model = _setting(recipe, overrides, "model_name_or_path")
+    if not model:
+        raise ValueError(f"Recipe {recipe_path} has no model_name_or_path for the vLLM server to load.")
     max_len = _setting(recipe, overrides, "vllm_max_model_length")
     # GRPOConfig's 0.3 default is meant for colocate mode; a dedicated server GPU takes TRL serve's 0.9 unless
     # the recipe asks otherwise.
     memory = _setting(recipe, overrides, "vllm_gpu_memory_utilization", 0.9)
     args = ScriptArguments(
-        model=model,
+        model=str(model),
         host="0.0.0.0",
         port=port,
         tensor_parallel_size=tensor_parallel,
@@ -176,33 +181,31 @@ def plan_launch(
     recipe_path = str(recipe_path)
     recipe = read_recipe(recipe_path)
     overrides = list(train_overrides)
-    notes: list[str] = []
     if num_nodes < 1 or not 0 <= node_rank < num_nodes:
-        raise ValueError(f"Node rank {node_rank} is not in [0, {num_nodes}). Pass --node-rank between 0 and --num-nodes - 1.")
+        raise ValueError(
+            f"Node rank {node_rank} is not in [0, {num_nodes}). Pass --node-rank from 0 to --num-nodes - 1."
+        )
     if num_nodes > 1 and not main_address:
         raise ValueError("Multi-node runs need --main-address: the IP or hostname of the node with rank 0.")
     train_module = ["-m", "mtgrpo.train", "--config", recipe_path]
-    use_vllm = bool(_setting(recipe, overrides, "use_vllm", False))
-
     if num_gpus == 0:
-        if num_nodes > 1:
-            raise ValueError("No GPUs found, but --num-nodes > 1: multi-node training needs GPU nodes.")
-        extra = []
-        if use_vllm:
-            # vLLM's weight sync needs CUDA + NCCL, so a CPU run generates with transformers instead.
-            extra = ["--use_vllm", "false"]
-            notes.append("no GPU: running without vLLM (--use_vllm false added)")
-        else:
-            notes.append("no GPU: running mtgrpo.train directly")
-        return LaunchPlan(train=Command([python, *train_module, *overrides, *extra]), notes=notes)
+        return _cpu_plan(recipe, overrides, num_nodes, [python, *train_module])
 
-    gpu_ids = [d.strip() for d in visible_devices.split(",")] if visible_devices else [str(i) for i in range(num_gpus)]
+    gpu_ids = (
+        [d.strip() for d in visible_devices.split(",")]
+        if visible_devices
+        else [str(i) for i in range(num_gpus)]
+    )
     if len(gpu_ids) < num_gpus:
-        raise ValueError(f"--num-gpus {num_gpus} but CUDA_VISIBLE_DEVICES lists only {len(gpu_ids)}: {visible_devices}.")
+        raise ValueError(
+            f"--num-gpus {num_gpus} but CUDA_VISIBLE_DEVICES lists only {len(gpu_ids)}: {visible_devices}."
+        )
     gpu_ids = gpu_ids[:num_gpus]
-    server_mode = use_vllm and _setting(recipe, overrides, "vllm_mode", "colocate") == "server"
-    external = _setting(recipe, overrides, "vllm_server_base_url")
-    if server_mode and external:
+    notes: list[str] = []
+    server_mode = bool(_setting(recipe, overrides, "use_vllm", False)) and (
+        _setting(recipe, overrides, "vllm_mode", "colocate") == "server"
+    )
+    if server_mode and (external := _setting(recipe, overrides, "vllm_server_base_url")):
         notes.append(f"vllm_server_base_url={external}: using that server, starting none")
         server_mode = False
 
@@ -214,38 +217,40 @@ def plan_launch(
         if vllm_gpus >= num_gpus:
             raise ValueError(
                 f"The vLLM server needs {vllm_gpus} GPU(s) (vllm_tensor_parallel_size) and training at least 1, but "
-                f"this node has {num_gpus}. Lower vllm_tensor_parallel_size, or set `vllm_mode: colocate` to share "
-                "the GPUs between generation and training."
+                f"this node has {num_gpus}. Lower vllm_tensor_parallel_size, or set `vllm_mode: colocate` "
+                "(--vllm_mode colocate) to share the GPUs between generation and training."
             )
         port = int(_setting(recipe, overrides, "vllm_server_port", 8000))
         host = main_address if num_nodes > 1 else "127.0.0.1"
         health_url = f"http://{host}:{port}/health"
         host_flags = ["--vllm_server_host", host, "--vllm_server_port", str(port)]
+        notes.append(f"GPU split: {gpu_ids[:vllm_gpus]} vLLM, {gpu_ids[vllm_gpus:]} training")
         if node_rank == 0:
-            model = _setting(recipe, overrides, "model_name_or_path")
-            if not model:
-                raise ValueError(f"Recipe {recipe_path} has no model_name_or_path for the vLLM server to load.")
             output_dir = _setting(recipe, overrides, "output_dir", "trainer_output")
             server_log = str(Path(log_dir or Path(output_dir) / "logs") / "vllm-server.log")
             server = Command(
-                _vllm_serve_command(str(model), port, vllm_gpus, recipe, overrides),
+                _vllm_serve_command(recipe_path, recipe, overrides, port, vllm_gpus),
                 {"CUDA_VISIBLE_DEVICES": ",".join(gpu_ids[:vllm_gpus]), "VLLM_SERVER_DEV_MODE": "1"},
             )
-        notes.append(f"GPU split: {gpu_ids[:vllm_gpus]} vLLM, {gpu_ids[vllm_gpus:]} training")
-        if num_nodes > 1 and node_rank > 0:
-            notes.append(f"vLLM runs on the main node {main_address}; GPUs {gpu_ids[:vllm_gpus]} stay idle here")
+        else:
+            notes.append(
+                f"vLLM runs on the main node {main_address}; GPUs {gpu_ids[:vllm_gpus]} stay idle here"
+            )
 
-    per_node = num_gpus - vllm_gpus
-    total = per_node * num_nodes
+    total = (num_gpus - vllm_gpus) * num_nodes
     config = Path(accelerate_config) if accelerate_config else _default_accelerate_config(total, num_nodes)
     if not config.is_file():
-        raise FileNotFoundError(f"Accelerate config {config} not found. Pass --accelerate-config PATH (see local_training/).")
-    accelerate = [
-        python, "-m", "accelerate.commands.launch",
-        "--config_file", str(config),
-        "--num_processes", str(total),
-        "--num_machines", str(num_nodes),
-        "--machine_rank", str(node_rank),
+        raise FileNotFoundError(
+            f"Accelerate config {config} not found. Pass --accelerate-config PATH (see local_training/)."
+        )
+    accelerate = [python, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    accelerate += [
+        "--num_processes",
+        str(total),
+        "--num_machines",
+        str(num_nodes),
+        "--machine_rank",
+        str(node_rank),
     ]
     if num_nodes > 1:
         accelerate += ["--main_process_ip", main_address, "--main_process_port", str(main_port)]
@@ -254,6 +259,16 @@ def plan_launch(
         {"CUDA_VISIBLE_DEVICES": ",".join(gpu_ids[vllm_gpus:])},
     )
     return LaunchPlan(train=train, server=server, server_log=server_log, health_url=health_url, notes=notes)
+
+
+def _cpu_plan(recipe: dict, overrides: list[str], num_nodes: int, train: list[str]) -> LaunchPlan:
+    if num_nodes > 1:
+        raise ValueError("No GPUs found, but --num-nodes > 1: multi-node training needs GPU nodes.")
+    if _setting(recipe, overrides, "use_vllm", False):
+        # vLLM's weight sync needs CUDA + NCCL, so a CPU run generates with transformers instead.
+        notes = ["no GPU: running without vLLM (--use_vllm false added)"]
+        return LaunchPlan(train=Command([*train, *overrides, "--use_vllm", "false"]), notes=notes)
+    return LaunchPlan(train=Command([*train, *overrides]), notes=["no GPU: running mtgrpo.train directly"])
 
 
 def format_plan(plan: LaunchPlan, server_timeout: float = DEFAULT_SERVER_TIMEOUT) -> str:
@@ -282,7 +297,7 @@ def _log_tail(path: str | None, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-def _healthy(url: str) -> bool:
+def is_healthy(url: str) -> bool:
     # No proxy: an http_proxy set for downloads would otherwise intercept a localhost/cluster address.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -310,7 +325,7 @@ def wait_for_server(
                 "Fix the cause above (model name, GPU memory: lower vllm_gpu_memory_utilization or "
                 "vllm_max_model_length, vLLM version: `mtgrpo doctor --config RECIPE`) and launch again."
             )
-        if _healthy(url):
+        if is_healthy(url):
             return
         if time.monotonic() > deadline:
             where = f"Last lines of {log_path}:\n{_log_tail(log_path)}\n" if process is not None else ""
@@ -346,7 +361,9 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def stop_process_group(process: subprocess.Popen | None, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_SECONDS) -> None:
+def stop_process_group(
+    process: subprocess.Popen | None, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_SECONDS
+) -> None:
     """Send `sig` to the process's whole group, wait up to `grace` seconds, then SIGKILL what is left."""
     if process is None:
         return
@@ -404,7 +421,10 @@ def execute(plan: LaunchPlan, server_timeout: float = DEFAULT_SERVER_TIMEOUT) ->
                 )
     except _Interrupted as interrupted:
         forwarded = interrupted.signum
-        print(f"[mtgrpo launch] got {signal.Signals(forwarded).name}, stopping training and vLLM", file=sys.stderr)
+        print(
+            f"[mtgrpo launch] got {signal.Signals(forwarded).name}, stopping training and vLLM",
+            file=sys.stderr,
+        )
         return 128 + forwarded
     except ServerError as error:
         print(f"[mtgrpo launch] {error}", file=sys.stderr)
@@ -435,8 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--main-port", type=int, default=29500, help="rendezvous port on the rank-0 node")
     parser.add_argument("--accelerate-config", help="accelerate YAML (default: picked from local_training/)")
     parser.add_argument("--log-dir", help="vLLM server log directory (default: <output_dir>/logs)")
-    parser.add_argument("--server-timeout", type=float, default=DEFAULT_SERVER_TIMEOUT, help="seconds to wait for /health")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands and variables, start nothing")
+    parser.add_argument(
+        "--server-timeout", type=float, default=DEFAULT_SERVER_TIMEOUT, help="seconds to wait for /health"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the commands and variables, start nothing"
+    )
     return parser
 
 

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
     script_args, training_args, model_args = parse_recipe(argv)
     trainer = build_trainer(script_args, training_args, model_args)
-    checkpoint = latest_checkpoint(training_args.output_dir)
+    # An explicit --resume_from_checkpoint wins; otherwise continue from the newest complete checkpoint, if any.
+    checkpoint = training_args.resume_from_checkpoint or latest_checkpoint(training_args.output_dir)
     if checkpoint:
         logger.info("Resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)

@@ -143,12 +143,7 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         device = self.accelerator.device
-        weights = self.reward_weights.to(device)
-        rewards = {}
-        for key, per_func in self._scored_rewards.items():
-            total = (per_func * weights.unsqueeze(0)).nansum(dim=1)
-            total[torch.isnan(per_func).all(dim=1)] = torch.nan  # unscorable, as in TRL
-            rewards[key] = total
+        rewards = self._weighted_rewards(device)
         num_generations = self._num_generations()
         global_adv = self.episode.advantages(rewards, num_generations, self.scale_rewards)
         start = self.accelerator.process_index * len(inputs)
@@ -171,6 +166,22 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
         self._rollouts, self._scored_rewards = None, None
         return output
 
+    def _weighted_rewards(self, device) -> dict[str, torch.Tensor]:
+        """Weighted reward sums per scored turn: `key` over all reward functions, and `key/turn`, `key/outcome`
+        over the functions of that level (a function's `reward_level` attribute, default "outcome")."""
+        weights = self.reward_weights.to(device)
+        levels = [getattr(f, "reward_level", "outcome") for f in self.reward_funcs]
+        selections = {"": [True] * len(levels), "/turn": [lv == "turn" for lv in levels],
+                      "/outcome": [lv == "outcome" for lv in levels]}
+        rewards = {}
+        for key, per_func in self._scored_rewards.items():
+            for suffix, chosen in selections.items():
+                chosen = torch.tensor(chosen, device=device)
+                total = (per_func[:, chosen] * weights[chosen].unsqueeze(0)).nansum(dim=1)
+                total[torch.isnan(per_func).all(dim=1)] = torch.nan  # unscorable, as in TRL
+                rewards[key + suffix] = total
+        return rewards
+
     def _log_turn_metrics(self, mode: str, device) -> None:
         metrics = self._metrics[mode]
         if self._correctness_index is not None and "turn1" in self._scored_rewards:
@@ -178,11 +189,15 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
             final = self._scored_rewards["final"][:, self._correctness_index] > 0.5
             for name, value in self_correction_metrics(first.tolist(), final.tolist()).items():
                 metrics[name].append(value)
-        lengths = [seg.num_tokens for r in self._rollouts for seg in r.turns("feedback")]
-        stats = torch.tensor([float(sum(lengths)), float(len(lengths))], device=device)
-        total, count = self.accelerator.gather(stats).view(-1, 2).sum(dim=0).tolist()
-        if count:
-            metrics["feedback/mean_tokens"].append(total / count)
+        # Episode metrics are means over per-episode (or per-turn) values of every process. Sorted names, so that
+        # every rank gathers in the same order; a rank without values for a name still joins with (0, 0).
+        local = self.episode.metrics(self._rollouts)
+        for name in sorted(set(gather_object(list(local)))):
+            values = local.get(name, [])
+            stats = torch.tensor([float(sum(values)), float(len(values))], device=device)
+            total, count = self.accelerator.gather(stats).view(-1, 2).sum(dim=0).tolist()
+            if count:
+                metrics[name].append(total / count)
 
 
 def _prompt_text(prompt) -> str:

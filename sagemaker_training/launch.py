@@ -35,7 +35,16 @@ REQUIREMENTS = "sagemaker_training/requirements.txt"
 IMAGE_FRAMEWORK, IMAGE_VERSION, IMAGE_PY = "pytorch", "2.10", "py313"
 DRY_RUN_ACCOUNT = "000000000000"
 # Always left out of the code channel, on top of the simple name patterns of .gitignore.
-ALWAYS_IGNORED = [".git", ".env", ".venv", "__pycache__", ".DS_Store", ".cache", ".ipynb_checkpoints", "wandb"]
+ALWAYS_IGNORED = [
+    ".git",
+    ".env",
+    ".venv",
+    "__pycache__",
+    ".DS_Store",
+    ".cache",
+    ".ipynb_checkpoints",
+    "wandb",
+]
 
 
 @dataclass
@@ -77,21 +86,28 @@ def validate(options: JobOptions) -> None:
     """Fail before any AWS call, naming the fix."""
     recipe = Path(options.recipe)
     if not recipe.is_file():
-        raise ValueError(f"Recipe {recipe} does not exist. Pass --recipe recipes/<model>/<task>-<episode>.yaml.")
+        raise ValueError(
+            f"Recipe {recipe} does not exist. Pass --recipe recipes/<model>/<task>-<episode>.yaml."
+        )
     valid = training_instance_types()
     if options.instance_type not in valid:
         gpu = ", ".join(t for t in valid if t.startswith(("ml.p4", "ml.p5")))
-        raise ValueError(f"{options.instance_type!r} is not a SageMaker training instance type. GPU choices: {gpu}.")
+        raise ValueError(
+            f"{options.instance_type!r} is not a SageMaker training instance type. GPU choices: {gpu}."
+        )
     if options.spot and options.max_wait_hours < options.max_run_hours:
         raise ValueError(
             f"--max-wait-hours {options.max_wait_hours} is below --max-run-hours {options.max_run_hours}; SageMaker "
             "requires max wait >= max run for managed spot. Raise --max-wait-hours or pass --no-spot."
         )
-    for flag, secret_id in (("--wandb-secret-id", options.wandb_secret_id), ("--hf-secret-id", options.hf_secret_id)):
+    for flag, secret_id in (
+        ("--wandb-secret-id", options.wandb_secret_id),
+        ("--hf-secret-id", options.hf_secret_id),
+    ):
         if secret_id and _looks_like_secret_value(secret_id):
             raise ValueError(
                 f"{flag} looks like the secret itself, not its Secrets Manager id. Store it with `aws secretsmanager "
-                f"create-secret --name mtgrpo/... --secret-string ...` and pass the name or ARN."
+                "create-secret --name mtgrpo/... --secret-string ...` and pass the name or ARN."
             )
 
 
@@ -133,7 +149,13 @@ def entry_point_args(options: JobOptions) -> list[str]:
 def build_model_trainer(options: JobOptions, sagemaker_session):
     """The ModelTrainer for `options` (not submitted). `sagemaker_session` is a sagemaker.core Session."""
     from sagemaker.core import image_uris
-    from sagemaker.core.training.configs import CheckpointConfig, Compute, InputData, SourceCode, StoppingCondition
+    from sagemaker.core.training.configs import (
+        CheckpointConfig,
+        Compute,
+        InputData,
+        SourceCode,
+        StoppingCondition,
+    )
     from sagemaker.train.model_trainer import ModelTrainer
 
     validate(options)
@@ -237,7 +259,9 @@ def _offline_boto_session(region: str, captured: dict):
 def dry_run_request(options: JobOptions) -> dict:
     """The CreateTrainingJob parameters `launch(options)` would send, built offline by the same SDK code."""
     captured: dict = {}
-    region = options.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = (
+        options.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    )
     session = make_session(options, _offline_boto_session(region, captured))
     if options.role is None:
         options = dataclasses.replace(options, role=f"arn:aws:iam::{DRY_RUN_ACCOUNT}:role/dry-run-role")
@@ -263,9 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--recipe", required=True)
-    parser.add_argument("--instance-type", default=JobOptions.instance_type, help="ml.p5.48xlarge or ml.p4d.24xlarge")
+    parser.add_argument(
+        "--instance-type", default=JobOptions.instance_type, help="ml.p5.48xlarge or ml.p4d.24xlarge"
+    )
     parser.add_argument("--instance-count", type=int, default=JobOptions.instance_count)
-    parser.add_argument("--no-spot", dest="spot", action="store_false", help="on-demand instead of managed spot")
+    parser.add_argument(
+        "--no-spot", dest="spot", action="store_false", help="on-demand instead of managed spot"
+    )
     parser.add_argument("--max-run-hours", type=float, default=JobOptions.max_run_hours)
     parser.add_argument("--max-wait-hours", type=float, default=JobOptions.max_wait_hours)
     parser.add_argument("--volume-size-gb", type=int, default=JobOptions.volume_size_gb)
@@ -278,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hf-secret-id", help="Secrets Manager id of the Hugging Face token")
     parser.add_argument("--base-job-name")
     parser.add_argument("--wait", action="store_true", help="stream the job's logs until it ends")
-    parser.add_argument("--dry-run", action="store_true", help="print the CreateTrainingJob request, send nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the CreateTrainingJob request, send nothing"
+    )
     return parser
 
 

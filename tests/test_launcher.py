@@ -76,7 +76,9 @@ def test_one_node_eight_gpus(monkeypatch):
 @pytest.mark.parametrize("rank", [0, 1])
 def test_two_nodes_eight_gpus(monkeypatch, rank):
     monkeypatch.chdir(REPO)
-    plan = plan_launch(GPU_RECIPE, num_gpus=8, num_nodes=2, node_rank=rank, main_address="10.0.0.1", main_port=29500)
+    plan = plan_launch(
+        GPU_RECIPE, num_gpus=8, num_nodes=2, node_rank=rank, main_address="10.0.0.1", main_port=29500
+    )
     train = plan.train.argv
     # Same process count on every node (torchrun's nproc_per_node is uniform): 7 per node.
     assert _after(train, "--num_processes") == "14"
@@ -102,7 +104,11 @@ def test_cpu_only_runs_train_directly_without_vllm(monkeypatch):
 
 def test_overrides_change_the_split(monkeypatch):
     monkeypatch.chdir(REPO)
-    plan = plan_launch(GPU_RECIPE, num_gpus=8, train_overrides=["--vllm_tensor_parallel_size", "2", "--vllm_server_port=8011"])
+    plan = plan_launch(
+        GPU_RECIPE,
+        num_gpus=8,
+        train_overrides=["--vllm_tensor_parallel_size", "2", "--vllm_server_port=8011"],
+    )
     assert plan.server.env["CUDA_VISIBLE_DEVICES"] == "0,1"
     assert _after(plan.server.argv, "--tensor-parallel-size") == "2"
     assert _after(plan.server.argv, "--port") == "8011"
@@ -163,9 +169,12 @@ def test_local_training_configs_load_in_accelerate():
         if stage:
             assert config.deepspeed_config["zero_stage"] == stage
             assert "gradient_accumulation_steps" not in config.deepspeed_config  # "auto": from the recipe
-    assert load_config_from_file(str(REPO / "local_training/zero3_multinode.yaml")).deepspeed_config[
-        "deepspeed_multinode_launcher"
-    ] == "standard"
+    assert (
+        load_config_from_file(str(REPO / "local_training/zero3_multinode.yaml")).deepspeed_config[
+            "deepspeed_multinode_launcher"
+        ]
+        == "standard"
+    )
 
 
 # --- the CLI as a user runs it -------------------------------------------------------------------------------
@@ -185,7 +194,14 @@ def test_cli_dry_run_one_node():
     assert "serve" in server and "Qwen/Qwen2.5-1.5B-Instruct" in server
     assert train[0] == "CUDA_VISIBLE_DEVICES=1,2,3,4,5,6,7"
     assert _after(train, "--num_processes") == "7"
-    assert train[-6:] == ["--vllm_server_host", "127.0.0.1", "--vllm_server_port", "8000", "--learning_rate", "1.0e-06"]
+    assert train[-6:] == [
+        "--vllm_server_host",
+        "127.0.0.1",
+        "--vllm_server_port",
+        "8000",
+        "--learning_rate",
+        "1.0e-06",
+    ]
     assert "GET http://127.0.0.1:8000/health" in out
     assert "stop the vLLM server" in out
 
@@ -208,7 +224,9 @@ def test_cli_dry_run_cpu_and_errors():
         [sys.executable, "-m", "mtgrpo.launcher", CPU_RECIPE, "--dry-run", "--max_steps", "2"],
         cwd=REPO, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert _command_lines(run.stdout) == [[sys.executable, "-m", "mtgrpo.train", "--config", CPU_RECIPE, "--max_steps", "2"]]
+    assert _command_lines(run.stdout) == [
+        [sys.executable, "-m", "mtgrpo.train", "--config", CPU_RECIPE, "--max_steps", "2"]
+    ]
     bad = subprocess.run(
         [sys.executable, "-m", "mtgrpo.launcher", GPU_RECIPE, "--num-gpus", "1", "--dry-run"],
         cwd=REPO, env=env, capture_output=True, text=True,
@@ -284,7 +302,12 @@ def fake_server(tmp_path):
         port = _free_port()
         pidfile = tmp_path / f"server-{port}.pid"
         command = Command([sys.executable, str(script), str(port), str(delay), mode, str(pidfile)])
-        return command, f"http://127.0.0.1:{port}/health", str(tmp_path / "logs" / f"vllm-{port}.log"), pidfile
+        return (
+            command,
+            f"http://127.0.0.1:{port}/health",
+            str(tmp_path / "logs" / f"vllm-{port}.log"),
+            pidfile,
+        )
 
     return make
 
@@ -331,7 +354,9 @@ def test_timeout_error_shows_log(fake_server):
 def test_execute_stops_server_after_training(fake_server, train_exit):
     command, url, log, pidfile = fake_server(delay=0.5)
     check = f"import sys, urllib.request; urllib.request.urlopen({url!r}); sys.exit({train_exit})"
-    plan = LaunchPlan(train=Command([sys.executable, "-c", check]), server=command, server_log=log, health_url=url)
+    plan = LaunchPlan(
+        train=Command([sys.executable, "-c", check]), server=command, server_log=log, health_url=url
+    )
     assert execute(plan, server_timeout=30) == train_exit
     _assert_gone(*map(int, pidfile.read_text().split()))
 

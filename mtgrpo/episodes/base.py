@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
+
 from ..chat import ChatTurns
 
 # generate(prompt_ids, num_generations) -> (completion_ids, per-token logprobs or None). In the trainer this is
@@ -78,9 +80,26 @@ class Rollout:
 
 
 class Episode(Protocol):
-    def next_turn(self, rollout: Rollout, turn_index: int) -> TurnSpec | None: ...
+    """What a protocol provides (see refine.py for a complete one)."""
 
-    def after_turn(self, rollout: Rollout, segment: Segment) -> None: ...
+    def next_turn(self, rollout: Rollout, turn_index: int) -> TurnSpec | None:
+        """The next turn of this rollout, or None when it is finished."""
+
+    def after_turn(self, rollout: Rollout, segment: Segment) -> None:
+        """React to a generated turn (e.g. run a tool and append its masked result, or mark the rollout done)."""
+
+    def scored_turns(self, rollout: Rollout) -> dict[str, Segment]:
+        """Turns the reward functions score, by key; must include "final" (what TRL's reward logging sees)."""
+
+    def advantages(self, rewards: dict[str, torch.Tensor], num_generations: int, scale: str) -> dict[str, torch.Tensor]:
+        """Per-credit-key advantages over the gathered batch. `rewards[key]` is the weighted reward sum of a
+        scored turn; `rewards[key + "/turn"]` and `rewards[key + "/outcome"]` sum only that level's functions."""
+
+    def turn_rewards(self, rewards: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The raw reward shown in transcripts for each credit key."""
+
+    def metrics(self, rollouts: list[Rollout]) -> dict[str, list[float]]:
+        """Values whose mean over every process is logged under each name."""
 
 
 def run_episodes(

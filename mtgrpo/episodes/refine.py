@@ -75,6 +75,10 @@ class RefineEpisode:
     def after_turn(self, rollout: Rollout, segment: Segment) -> None:
         pass
 
+    def metrics(self, rollouts: list[Rollout]) -> dict[str, list[float]]:
+        """Per-turn values whose mean over all processes is logged."""
+        return {"feedback/mean_tokens": [seg.num_tokens for r in rollouts for seg in r.turns("feedback")]}
+
     def scored_turns(self, rollout: Rollout) -> dict[str, Segment]:
         """The turns whose text the reward functions score: the first and the final answer."""
         solver = rollout.turns("solver")
