@@ -38,13 +38,23 @@ class ChatTurns:
 
     def _message_ids(self, role: str, content: str) -> list[int]:
         """Ids that follow a finished assistant turn: a `role` message with `content`, then the assistant header."""
-        prefix = self._render(_DUMMY, add_generation_prompt=False)
+        return self._suffix_ids(_DUMMY, [{"role": role, "content": content}])
+
+    def tool_result_ids(self, tool_messages: list[dict]) -> list[int]:
+        """Ids that follow a finished assistant turn with native tool calls: the `tool` messages, then the assistant
+        header (what TRL's `_get_tool_suffix_ids` builds; the tool name is real because some templates use it)."""
+        call = {"type": "function", "function": {"name": tool_messages[0]["name"], "arguments": {}}}
+        context = [_DUMMY[0], {"role": "assistant", "content": "", "tool_calls": [call]}]
+        return self._suffix_ids(context, tool_messages)
+
+    def _suffix_ids(self, context: list[dict], messages: list[dict]) -> list[int]:
+        prefix = self._render(context, add_generation_prompt=False)
         # Templates such as Qwen's render "<|im_end|>\n" after an assistant message; the policy stops at the EOS,
         # so the boundary is the last EOS, and whatever the template puts after it belongs to the suffix.
         eos_positions = [i for i, tok in enumerate(prefix) if tok == self.eos_token_id]
         if eos_positions:
             prefix = prefix[: eos_positions[-1] + 1]
-        full = self._render([*_DUMMY, {"role": role, "content": content}], add_generation_prompt=True)
+        full = self._render([*context, *messages], add_generation_prompt=True)
         if full[: len(prefix)] != prefix:
             raise ValueError(
                 "This chat template is not prefix-preserving (rendering one more message changed earlier tokens), "

@@ -4,6 +4,7 @@
     mtgrpo demo                      # CPU demo: eval, train, eval on the bundled model
     mtgrpo prepare-model             # convert the bundled SmolLM2-135M-Instruct once
     mtgrpo eval --config RECIPE [--model_name_or_path PATH] [--limit N] [--output_dir DIR]
+    mtgrpo plot RUN_DIR [--output DIR]  # training curves and eval bars as PNG
     mtgrpo launch RECIPE [...]       # node launcher (vLLM server + accelerate)
     mtgrpo doctor [--config RECIPE]
 """

@@ -13,8 +13,11 @@ from trl import GRPOConfig
 
 logger = logging.getLogger(__name__)
 
-EPISODES = ("refine",)
+EPISODES = ("refine", "tool")
 FEEDBACK_SOURCES = ("self", "template")
+TOOL_PROTOCOLS = ("text", "native", "auto")
+ADVANTAGE_MODES = ("mt_grpo", "grpo_or", "grpo_mr")
+SEARCH_BACKENDS = ("bm25", "pyserini")
 
 DEFAULT_FEEDBACK_PROMPT = (
     "You are now a strict math tutor. Check the attempt above step by step. Point out any mistake and give a "
@@ -95,6 +98,60 @@ class MTGRPOConfig(GRPOConfig):
         default=512,
         metadata={"help": "Longest allowed prompt in tokens (after the chat template); longer prompts are an error."},
     )
+    # ---- tool episode (episode: tool) ----
+    max_tool_calls: int = field(
+        default=1,
+        metadata={
+            "help": "Tool episode: most tool-calling turns per episode. After the last allowed result the policy gets "
+            "one more turn to answer; a tool call in that turn is not run (MT-GRPO's step cap). 1 = search once, "
+            "then answer (the paper's setup)."
+        },
+    )
+    tool_timeout: float = field(
+        default=10.0,
+        metadata={"help": "Tool episode: seconds one tool call may run; a slower call returns an error result."},
+    )
+    tool_protocol: str = field(
+        default="text",
+        metadata={
+            "help": "Tool episode: how the policy calls tools. 'text' = MT-GRPO's <tool>{\"name\": ..., \"args\": "
+            "{...}}</tool> -> <result>...</result> (any chat template); 'native' = the chat template's own tool "
+            "calls, parsed by TRL (Qwen2.5/Qwen3, Llama 3.1/3.2 and other templates TRL knows); 'auto' = native "
+            "when the template supports tool calls, else text."
+        },
+    )
+    advantage_mode: str = field(
+        default="mt_grpo",
+        metadata={
+            "help": "Tool episode credit: 'mt_grpo' = tokens up to the first tool call get A_O + "
+            "turn_advantage_coef * A_T, tokens after its result A_O, episodes without a result A_{T+O}; 'grpo_or' = "
+            "A_O everywhere (outcome reward only); 'grpo_mr' = A_{T+O} everywhere (merged rewards)."
+        },
+    )
+    turn_advantage_coef: float = field(
+        default=1.0,
+        metadata={"help": "Tool episode, advantage_mode mt_grpo: lambda, the weight of the turn-level advantage A_T."},
+    )
+    search_backend: str = field(
+        default="bm25",
+        metadata={
+            "help": "Tool episode: index behind wiki_search. 'bm25' = bm25s over the local `search_corpus` JSONL "
+            "(indexed once, cached); 'pyserini' = Pyserini's prebuilt wikipedia-kilt-doc index (pip install "
+            "'mtgrpo[pyserini]', Java 21, ~10 GB download on first use)."
+        },
+    )
+    search_corpus: str = field(
+        default="wiki-sample",
+        metadata={
+            "help": "search_backend bm25: a JSONL file of {\"title\", \"text\"} documents, or 'wiki-sample' (the "
+            "small corpus bundled with mtgrpo, matching the triviaqa-sample questions)."
+        },
+    )
+    search_top_k: int = field(default=1, metadata={"help": "wiki_search: documents returned per query (MT-GRPO: 1)."})
+    search_max_chars: int = field(
+        default=1000,
+        metadata={"help": "wiki_search: the returned text is cut to this many characters."},
+    )
 
     def __post_init__(self):
         _one_of("episode", self.episode, EPISODES)
@@ -110,8 +167,19 @@ class MTGRPOConfig(GRPOConfig):
             raise ValueError(f"episode_log_steps={self.episode_log_steps} must be >= 0 (0 turns transcripts off).")
         if self.max_prompt_length is not None and self.max_prompt_length <= 0:
             raise ValueError(f"max_prompt_length={self.max_prompt_length} must be positive or null.")
+        self._check_tool_fields()
         self._fall_back_from_bf16_without_gpu()
         super().__post_init__()
+
+    def _check_tool_fields(self) -> None:
+        _one_of("tool_protocol", self.tool_protocol, TOOL_PROTOCOLS)
+        _one_of("advantage_mode", self.advantage_mode, ADVANTAGE_MODES)
+        _one_of("search_backend", self.search_backend, SEARCH_BACKENDS)
+        for name in ("max_tool_calls", "search_top_k", "search_max_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1 (recipe field `{name}`).")
+        if self.tool_timeout <= 0:
+            raise ValueError(f"tool_timeout={self.tool_timeout} must be a positive number of seconds.")
 
     def _fall_back_from_bf16_without_gpu(self) -> None:
         import torch
@@ -130,12 +198,15 @@ class ScriptArguments:
 
     dataset_name: str = field(
         default="arithmetic",
-        metadata={"help": "Hub dataset id, a local .jsonl/.parquet file, or 'arithmetic' (procedural)."},
+        metadata={
+            "help": "Hub dataset id, a local .jsonl/.parquet file, 'arithmetic' (procedural) or 'triviaqa-sample' "
+            "(a small bundled TriviaQA-schema set)."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_schema: str = field(
         default="arithmetic",
-        metadata={"help": "Column mapping of the dataset: gsm8k, math, arithmetic or prompt_answer."},
+        metadata={"help": "Column mapping of the dataset: gsm8k, math, arithmetic, prompt_answer or triviaqa."},
     )
     dataset_train_split: str = field(default="train", metadata={"help": "Split used for training."})
     dataset_test_split: str = field(default="test", metadata={"help": "Split used for evaluation."})

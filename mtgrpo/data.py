@@ -5,7 +5,8 @@
     load_task_dataset("arithmetic", "arithmetic", split="test")
 
 Every dataset comes back with the columns the episodes and rewards read: ``prompt`` (chat messages),
-``answer`` (the gold answer as a string) and ``problem`` (the raw problem text).
+``answer`` (the gold answer as a string) and ``problem`` (the raw problem text); the triviaqa schema adds
+``aliases`` (every accepted answer).
 """
 
 import hashlib
@@ -46,12 +47,23 @@ def _boxed_gold(solution: str) -> str | None:
     return _load_rewards_package().last_boxed(solution)
 
 
+def _triviaqa_gold(answer: dict) -> str | None:
+    return _plain_gold(answer.get("value", "")) if isinstance(answer, dict) else None
+
+
+def _triviaqa_aliases(row: dict) -> dict:
+    # Rewards accept any of these strings; the normalized aliases are TriviaQA's own gold for exact match.
+    answer = row["answer"]
+    return {"aliases": list(answer.get("normalized_aliases") or answer.get("aliases") or [answer["value"]])}
+
+
 @dataclass(frozen=True)
 class _Schema:
     """Where one dataset family keeps its problem and its gold answer."""
 
     problem_columns: tuple[str, ...]  # the first of these present holds the problem text
     gold_columns: dict[str, Callable[[str], str | None]]  # first present column -> its gold (None: no gold)
+    extra_columns: Callable[[dict], dict] | None = None  # more columns from a raw row (e.g. aliases)
 
 
 SCHEMAS: dict[str, _Schema] = {
@@ -60,7 +72,11 @@ SCHEMAS: dict[str, _Schema] = {
     "math": _Schema(("problem",), {"answer": _plain_gold, "solution": _boxed_gold}),
     "prompt_answer": _Schema(("problem", "question"), {"answer": _plain_gold}),
     ARITHMETIC: _Schema(("problem",), {"answer": _plain_gold}),
+    # mandarjoshi/trivia_qa (rc.nocontext): `answer` is a dict; `answer` becomes its value, `aliases` the gold list.
+    "triviaqa": _Schema(("question",), {"answer": _triviaqa_gold}, _triviaqa_aliases),
 }
+# Small datasets shipped with mtgrpo (written for it), addressed by name like the procedural "arithmetic".
+BUNDLED_DATASETS = {"triviaqa-sample": Path(__file__).resolve().parent / "assets" / "trivia_qa_sample.jsonl"}
 
 
 def load_task_dataset(
@@ -79,7 +95,8 @@ def load_task_dataset(
 
     Args:
         dataset_name: a Hugging Face hub id, a local ``.jsonl``/``.json``/``.parquet`` file (one split, so
-            ``split`` is ignored), or ``"arithmetic"`` for the procedural CPU demo task.
+            ``split`` is ignored), ``"arithmetic"`` for the procedural CPU demo task, or a name in
+            ``BUNDLED_DATASETS`` (``"triviaqa-sample"``).
         schema: column layout of the data: one of ``SCHEMAS``.
         split: hub split; for arithmetic ``"train"`` or ``"test"``, which never share a problem.
         dataset_config: hub config name (``"main"`` for openai/gsm8k).
@@ -115,7 +132,8 @@ def load_task_dataset(
             continue
         problem = str(row[problem_column])
         user = {"role": "user", "content": prompt_template.format(problem=problem)}
-        rows.append({"prompt": [*system, user], "answer": gold, "problem": problem})
+        extra = SCHEMAS[schema].extra_columns(row) if SCHEMAS[schema].extra_columns else {}
+        rows.append({"prompt": [*system, user], "answer": gold, "problem": problem, **extra})
     if dropped:
         logger.warning(
             "%s: skipped %d rows with no gold answer in column %r.", dataset_name, dropped, gold_column
@@ -155,7 +173,7 @@ def _first_present(columns: tuple[str, ...], raw: datasets.Dataset, dataset_name
 
 
 def _load_raw(dataset_name: str, split: str, dataset_config: str | None) -> datasets.Dataset:
-    path = Path(dataset_name).expanduser()
+    path = BUNDLED_DATASETS.get(dataset_name) or Path(dataset_name).expanduser()
     if path.is_dir():  # e.g. a downloaded hub repository
         return datasets.load_dataset(str(path), dataset_config, split=split)
     if path.is_file():

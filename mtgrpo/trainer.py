@@ -5,7 +5,8 @@ What is overridden, and why (everything else — losses, KL, vLLM weight sync, l
   `_generate_single_turn` (TRL's backend dispatch: vLLM server/colocate or transformers);
   tokens the policy did not write go into TRL's `tool_mask` as 0;
 - `_generate`: the completion handed to reward functions is the episode's final answer, not the stream;
-- `_calculate_rewards`: also scores the other turns the episode asks for (e.g. turn 1);
+- `_calculate_rewards`: also scores the other turns the episode asks for (e.g. turn 1), and passes the
+  episode's per-episode `reward_kwargs` (e.g. tool calls made) to the reward functions;
 - `_generate_and_score_completions`: replaces the (B,) advantages with (B, T) per-turn advantages,
   logs the per-turn metrics and writes episode transcripts.
 """
@@ -24,6 +25,7 @@ from .advantages import token_advantages
 from .chat import ChatTurns
 from .config import MTGRPOConfig
 from .episodes import build_episode, run_episodes
+from .history import LogHistoryCallback
 from .metrics import self_correction_metrics
 from .transcripts import episode_records, write_transcripts
 
@@ -51,6 +53,8 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
         if self.chat_template is None and not is_chat_template_prefix_preserving(self.processing_class):
             self.chat_template = get_training_chat_template(self.processing_class)
         self.chat_turns = ChatTurns(self._tokenizer, self.chat_template, self.chat_template_kwargs)
+        if hasattr(self.episode, "bind"):
+            self.episode.bind(self.chat_turns)  # now: a protocol this tokenizer cannot run fails early
         self._stop_ids = set(self.eos_token_ids)
         names = list(self.reward_func_names)
         self._correctness_index = names.index(self.args.correctness_reward) if self.args.correctness_reward in names else None
@@ -63,6 +67,8 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
         # TRL's hook for custom rollouts: it syncs weights to vLLM before calling it, and treats the returned
         # env_mask as tool_mask (0 = attended to, not trained).
         self.rollout_func = self._rollout
+        # Training curves survive runs without checkpoints (save_strategy "no"): `mtgrpo plot` reads this file.
+        self.add_callback(LogHistoryCallback())
         self.generation_calls = 0  # generation calls made by this process (benchmarks and tests read it)
         self._rollouts = None
         self._scored_rewards = None
@@ -73,7 +79,7 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
         return self.num_generations if self.model.training else self.num_generations_eval
 
     def _rollout(self, prompts, trainer=None) -> dict:
-        prompt_ids, _, _ = self._tokenize_prompts(prompts)
+        prompt_ids = self._prompt_ids(prompts)
         self._check_prompt_lengths(prompt_ids, prompts)
         self._rollouts = run_episodes(
             self.episode,
@@ -91,6 +97,22 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
             "logprobs": [r.logprobs() for r in self._rollouts] if has_logprobs else None,
             "env_mask": [r.tool_mask() for r in self._rollouts],
         }
+
+    def _prompt_ids(self, prompts) -> list[list[int]]:
+        tools = getattr(self.episode, "chat_tools", None)
+        if not tools:
+            return self._tokenize_prompts(prompts)[0]
+        # Native tool calls: the chat template renders the tools' schemas into the prompt, as TRL does for `tools=`
+        # (our episodes run the tools themselves, so TRL's own tool loop stays off).
+        return self.processing_class.apply_chat_template(
+            prompts,
+            tools=tools,
+            chat_template=self.chat_template,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            **self.chat_template_kwargs,
+        )["input_ids"]
 
     def _generate_turn(self, prompt_ids, num_generations):
         self.generation_calls += 1
@@ -127,6 +149,11 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
         if self._rollouts is None:
             return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         scored = [self.episode.scored_turns(r) for r in self._rollouts]
+        if hasattr(self.episode, "reward_kwargs"):
+            # TRL hands every column of the input rows except the prompt to reward functions as kwargs, so per-episode
+            # facts (e.g. tool calls made, the first search result) travel as extra columns.
+            extra = self.episode.reward_kwargs(self._rollouts)
+            inputs = [{**row, **{k: v[i] for k, v in extra.items()}} for i, row in enumerate(inputs)]
         # Same keys, same order on every process: each call below is a collective (it gathers the rewards).
         self._scored_rewards = {
             key: super(MultiTurnGRPOTrainer, self)._calculate_rewards(

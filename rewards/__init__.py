@@ -9,8 +9,32 @@ from collections.abc import Callable
 
 from ._text import completion_text
 from .math_answer import extract_final_answer, format_reward, last_boxed, math_answer_correct
+from .triviaqa import (
+    triviaqa_answer_contains,
+    triviaqa_answer_mentioned,
+    triviaqa_exact_match,
+    triviaqa_f1,
+    triviaqa_result_has_answer,
+    triviaqa_tag_count,
+    triviaqa_tool_success,
+    triviaqa_xml_format,
+)
 
-REWARD_FUNCS: dict[str, Callable] = {f.__name__: f for f in (math_answer_correct, format_reward)}
+REWARD_FUNCS: dict[str, Callable] = {
+    f.__name__: f
+    for f in (
+        math_answer_correct,
+        format_reward,
+        triviaqa_tool_success,
+        triviaqa_result_has_answer,
+        triviaqa_exact_match,
+        triviaqa_answer_contains,
+        triviaqa_answer_mentioned,
+        triviaqa_f1,
+        triviaqa_xml_format,
+        triviaqa_tag_count,
+    )
+}
 
 __all__ = [
     "REWARD_FUNCS",
@@ -19,4 +43,12 @@ __all__ = [
     "format_reward",
     "last_boxed",
     "math_answer_correct",
+    "triviaqa_answer_contains",
+    "triviaqa_answer_mentioned",
+    "triviaqa_exact_match",
+    "triviaqa_f1",
+    "triviaqa_result_has_answer",
+    "triviaqa_tag_count",
+    "triviaqa_tool_success",
+    "triviaqa_xml_format",
 ]

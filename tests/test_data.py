@@ -78,7 +78,7 @@ def test_missing_column_names_dataset_column_and_fix():
 def test_unknown_schema_lists_valid_ones():
     with pytest.raises(ValueError, match="gsm8k, math, prompt_answer, arithmetic"):
         load_task_dataset("arithmetic", "nope")
-    assert set(SCHEMAS) == {"gsm8k", "math", "prompt_answer", "arithmetic"}
+    assert set(SCHEMAS) == {"gsm8k", "math", "prompt_answer", "arithmetic", "triviaqa"}
 
 
 def test_template_with_stray_braces_is_rejected_early():

@@ -47,6 +47,7 @@ class TurnSpec:
     message: str | None = None
     message_role: str = "user"
     message_text: str | None = None  # what transcripts show for the injected message (defaults to `message`)
+    message_ids: list[int] | None = None  # ids of an injected non-user message (a native tool result)
 
 
 @dataclass
@@ -101,6 +102,9 @@ class Episode(Protocol):
     def metrics(self, rollouts: list[Rollout]) -> dict[str, list[float]]:
         """Values whose mean over every process is logged under each name."""
 
+    # Optional hooks (see tool.py): `bind(chat: ChatTurns)` gives an episode the tokenizer before its first turn;
+    # `reward_kwargs(rollouts) -> dict[str, list]` adds per-episode columns to the reward functions' kwargs.
+
 
 def run_episodes(
     episode: Episode,
@@ -121,6 +125,8 @@ def run_episodes(
     """
     rollouts = [Rollout(prompt_ids=list(p)) for p in prompt_ids]
     tokenizer = chat.tokenizer
+    if hasattr(episode, "bind"):
+        episode.bind(chat)  # e.g. the tool episode decodes turns to cut them after a tool call
     turn_index = 0
     while True:
         specs = {i: episode.next_turn(r, turn_index) for i, r in enumerate(rollouts) if not r.done}
@@ -139,7 +145,7 @@ def run_episodes(
                 rollout.segments.append(Segment(role="user", ids=closing, trained=False))
             if spec.message is not None:
                 text = spec.message_text if spec.message_text is not None else spec.message
-                ids = chat.user_turn(spec.message)
+                ids = spec.message_ids if spec.message_ids is not None else chat.user_turn(spec.message)
                 rollout.segments.append(
                     Segment(
                         role=spec.message_role,
