@@ -31,8 +31,6 @@ def vllm_available() -> bool:
 class TransformersBackend:
     """`model.generate` on left-padded batches; works wherever the model is (CPU or a single GPU)."""
 
-    name = "transformers"
-
     def __init__(self, model, tokenizer, max_new_tokens: int):
         self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
         self.stop_ids = stop_token_ids(tokenizer, model.generation_config)
@@ -72,8 +70,6 @@ class VLLMBackend:
     GPU-only code path: CI machines have no CUDA, so this class is exercised only on GPU hosts. It mirrors what
     TRL does with vLLM outputs: the engine's `token_ids` are the completion, stop token included.
     """
-
-    name = "vllm"
 
     def __init__(self, model_path: str, tokenizer, max_new_tokens: int, seed: int = 0):
         from transformers import GenerationConfig

@@ -86,16 +86,17 @@ def _drop_replayed(entries: list[dict]) -> list[dict]:
 
 
 def load_eval_columns(run_dir: str | Path) -> dict[str, dict[str, float]]:
-    """{label: metrics} of a run's eval results: `before`/`after` from demo_results.json, `eval` from results.json."""
+    """{label: metrics} of a run's eval results: before/after training from demo_results.json, and results.json."""
     run_dir = Path(run_dir)
     columns = {}
     demo = run_dir / "demo_results.json"
     if demo.is_file():
         results = json.loads(demo.read_text())
-        columns.update({"before": results["before"], "after": results["after"]})
+        columns.update({"demo: before": results["before"], "demo: after": results["after"]})
     results_file = run_dir / "results.json"
     if results_file.is_file():
-        columns["eval"] = json.loads(results_file.read_text())["metrics"]
+        results = json.loads(results_file.read_text())
+        columns[f"eval: {results['num_problems']} problems"] = results["metrics"]
     return columns
 
 
@@ -159,7 +160,7 @@ def plot_eval(columns: dict[str, dict[str, float]], path: str | Path, title: str
 def _save(fig, plt, path: Path, series: list[str]) -> Plot:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)  # small enough to commit (docs/)
     plt.close(fig)
     return Plot(path=path, series=series)
 

@@ -45,7 +45,7 @@ def test_plot_run_draws_every_logged_series(tmp_path, capsys):
         "before": {"turns/1/accuracy": 0.3, "turns/final/accuracy": 0.25},
         "after": {"turns/1/accuracy": 0.5, "turns/final/accuracy": 0.55}}))  # fmt: skip
     (run / "results.json").write_text(
-        json.dumps({"metrics": {"turns/1/accuracy": 0.5, "turns/final/accuracy": 0.6}})
+        json.dumps({"num_problems": 20, "metrics": {"turns/1/accuracy": 0.5, "turns/final/accuracy": 0.6}})
     )
 
     assert plot.main([str(run)]) == 0
@@ -65,6 +65,7 @@ def test_plot_run_draws_every_logged_series(tmp_path, capsys):
         "tools/calls_per_episode", "tools/success_rate",
     ]  # fmt: skip
     assert evaluation.series == ["turns/1/accuracy", "turns/final/accuracy"]
+    assert list(plot.load_eval_columns(run)) == ["demo: before", "demo: after", "eval: 20 problems"]
 
 
 def test_panels_without_data_are_left_out(tmp_path):
