@@ -216,3 +216,20 @@ def _arithmetic(split: str, seed: int, num_examples: int | None) -> datasets.Dat
     # Cycling the shuffled pool keeps a small split free of repeats and repeats a large one evenly.
     rows = [{"problem": q, "answer": str(a)} for q, a in itertools.islice(itertools.cycle(pool), size)]
     return datasets.Dataset.from_list(rows)
+
+
+def load_recipe_split(script_args, which: str, seed: int, limit: int | None = None) -> datasets.Dataset:
+    """The recipe's training (`which="train"`) or evaluation (`which="test"`) split, as training, the demo and
+    `mtgrpo eval` all load it."""
+    train = which == "train"
+    return load_task_dataset(
+        script_args.dataset_name,
+        script_args.dataset_schema,
+        script_args.dataset_train_split if train else script_args.dataset_test_split,
+        dataset_config=script_args.dataset_config,
+        system_prompt=script_args.system_prompt,
+        prompt_template=script_args.prompt_template,
+        limit=limit,
+        num_examples=script_args.num_train_examples if train else script_args.num_test_examples,
+        seed=seed,
+    )

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .data import load_task_dataset
+    from .data import load_recipe_split
     from .episodes import build_episode
     from .evaluate import evaluate
     from .models import resolve_model_path
@@ -37,16 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     print("[1/4] Preparing the model", flush=True)
     model_path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    test_set = load_task_dataset(
-        script_args.dataset_name,
-        script_args.dataset_schema,
-        script_args.dataset_test_split,
-        dataset_config=script_args.dataset_config,
-        system_prompt=script_args.system_prompt,
-        prompt_template=script_args.prompt_template,
-        num_examples=script_args.num_test_examples,
-        seed=training_args.seed,
-    )
+    test_set = load_recipe_split(script_args, "test", seed=training_args.seed)
     episode = build_episode(training_args)
     correctness = get_reward_func(training_args.correctness_reward)
 

@@ -122,23 +122,13 @@ def run_eval(argv: list[str]) -> EvalReport:
     script_args, training_args, model_args = parse_recipe(["--config", args.config, *recipe_argv])
     backend_name = _choose_backend(args.backend)
 
-    from .data import load_task_dataset
+    from .data import load_recipe_split
     from .episodes import build_episode
     from .registry import get_reward_func
 
     # Cheap checks first: a bad dataset or reward name fails before any model is loaded.
     correctness = get_reward_func(training_args.correctness_reward)
-    dataset = load_task_dataset(
-        script_args.dataset_name,
-        script_args.dataset_schema,
-        script_args.dataset_test_split,
-        dataset_config=script_args.dataset_config,
-        system_prompt=script_args.system_prompt,
-        prompt_template=script_args.prompt_template,
-        limit=args.limit,
-        num_examples=script_args.num_test_examples,
-        seed=training_args.seed,
-    )
+    dataset = load_recipe_split(script_args, "test", seed=training_args.seed, limit=args.limit)
     if len(dataset) == 0:
         raise ValueError(
             f"Split {script_args.dataset_test_split!r} of {script_args.dataset_name!r} is empty."

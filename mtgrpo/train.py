@@ -79,23 +79,14 @@ def build_trainer(script_args, training_args, model_args):
     from transformers import AutoTokenizer
     from trl import get_peft_config
 
-    from .data import load_task_dataset
+    from .data import load_recipe_split
     from .models import resolve_model_path
     from .registry import get_reward_funcs
     from .trainer import MultiTurnGRPOTrainer
 
     # Cheap checks first, so a bad recipe fails before any model is loaded or file is written.
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
-    train_dataset = load_task_dataset(
-        script_args.dataset_name,
-        script_args.dataset_schema,
-        script_args.dataset_train_split,
-        dataset_config=script_args.dataset_config,
-        system_prompt=script_args.system_prompt,
-        prompt_template=script_args.prompt_template,
-        num_examples=script_args.num_train_examples,
-        seed=training_args.seed,
-    )
+    train_dataset = load_recipe_split(script_args, "train", seed=training_args.seed)
     model_path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
     if tokenizer.pad_token is None:
