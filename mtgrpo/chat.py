@@ -24,6 +24,8 @@ class ChatTurns:
         self.eos_token_id = tokenizer.eos_token_id
         # Bound per instance so the cache dies with the tokenizer.
         self.message_ids = lru_cache(maxsize=256)(self._message_ids)
+        # Injected messages repeat across every rollout of a batch; count their tokens once.
+        self.text_length = lru_cache(maxsize=256)(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
 
     def _render(self, messages, add_generation_prompt: bool) -> list[int]:
         ids = self.tokenizer.apply_chat_template(

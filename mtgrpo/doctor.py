@@ -23,7 +23,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from .launcher import is_healthy, read_recipe
+from .launcher import is_healthy
+from .recipe_file import read_recipe
 
 # Used when mtgrpo is run from a checkout without being pip-installed; mirrors pyproject.toml (a test checks).
 FALLBACK_RANGES = {

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from .recipe_file import read_recipe
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "local_training"
 DEFAULT_SERVER_TIMEOUT = 900.0  # a 7B model with CUDA-graph capture can take several minutes to come up
@@ -70,16 +70,6 @@ class LaunchPlan:
 
 class ServerError(RuntimeError):
     """The vLLM server died or never became healthy."""
-
-
-def read_recipe(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Recipe {path} does not exist. Pass a YAML file under recipes/.")
-    recipe = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise ValueError(f"Recipe {path} must be a YAML mapping of field: value.")
-    return recipe
 
 
 def _override(overrides: Sequence[str], key: str) -> str | None:

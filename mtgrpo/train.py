@@ -16,9 +16,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-import yaml
-
 from .config import MTGRPOConfig, ScriptArguments
+from .recipe_file import read_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +30,7 @@ def _recipe_dataclasses():
 
 def check_recipe_keys(path: str | Path) -> dict:
     """Load a recipe and reject keys no dataclass knows, suggesting the closest field name."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Recipe {path} does not exist. Pass --config with a file under recipes/.")
-    recipe = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise ValueError(f"Recipe {path} must be a YAML mapping of field: value.")
+    recipe = read_recipe(path)
     known = {f.name for cls in _recipe_dataclasses() for f in fields(cls)} | {"env"}
     for key in recipe:
         if key not in known:

@@ -152,7 +152,7 @@ def run_episodes(
                         ids=ids,
                         trained=False,
                         text=text,
-                        num_tokens=len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+                        num_tokens=chat.text_length(text),
                     )
                 )
         contexts = [rollouts[i].context_ids() for i in active]
