@@ -69,18 +69,20 @@ class MTGRPOConfig(GRPOConfig):
         metadata={"help": "User message that asks for the refined answer after the feedback. Masked."},
     )
     turn1_reward_weight: float = field(
-        default=1.0,
+        default=0.0,
         metadata={
-            "help": "Reward behind the turn-1 advantage: w * R(turn 1) + (1 - w) * R(final), group-normalised. "
-            "1.0 = MLMT-RL / SCoRe stage II (turn 1 is credited with its own answer); 0.0 = outcome-only credit "
-            "(every turn gets the final reward, as GRPO-OR in MT-GRPO)."
+            "help": "w: the turn-1 (solve) advantage comes from w * R(turn 1) + (1 - w) * R(final), group-normalised. "
+            "0.0 (default) = MLMT-RL / Bi-NAC: every solver turn is credited with the final outcome. 1.0 with "
+            "refine_bonus_alpha > 0 = SCoRe stage II: turn 1 earns its own reward. 1.0 with alpha 0 makes the turns "
+            "independent single-turn objectives, the setting in which SCoRe reports collapse."
         },
     )
     refine_bonus_alpha: float = field(
         default=0.0,
         metadata={
-            "help": "SCoRe / MLMT-RL stage II shaping of the final-turn reward: R(final) + alpha * (R(final) - "
-            "R(turn 1)). 0 disables it; SCoRe uses alpha > 0 to reward self-correction."
+            "help": "alpha: the final-turn advantage comes from R(final) + alpha * (R(final) - R(turn 1)), SCoRe's "
+            "stage-II shaping (a bonus for improving on turn 1; 0 where either turn is unscorable). 0.0 (default) = "
+            "no shaping, as in MLMT-RL's low level; SCoRe uses alpha > 0 together with turn1_reward_weight 1.0."
         },
     )
     correctness_reward: str = field(
@@ -163,6 +165,14 @@ class MTGRPOConfig(GRPOConfig):
             )
         if not 0.0 <= self.turn1_reward_weight <= 1.0:
             raise ValueError(f"turn1_reward_weight={self.turn1_reward_weight} must be in [0, 1].")
+        if self.refine_bonus_alpha < 0:
+            raise ValueError(f"refine_bonus_alpha={self.refine_bonus_alpha} must be >= 0 (0 turns the bonus off).")
+        if self.episode == "refine" and self.turn1_reward_weight == 1.0 and self.refine_bonus_alpha == 0.0:
+            logger.warning(
+                "turn1_reward_weight=1.0 with refine_bonus_alpha=0 trains turn 1 and the final turn as independent "
+                "single-turn objectives, the setting in which SCoRe reports collapse (the final turn copies the "
+                "first). Set refine_bonus_alpha > 0 (SCoRe stage II) or turn1_reward_weight: 0.0 (MLMT-RL)."
+            )
         if self.episode_log_steps < 0:
             raise ValueError(f"episode_log_steps={self.episode_log_steps} must be >= 0 (0 turns transcripts off).")
         if self.max_prompt_length is not None and self.max_prompt_length <= 0:

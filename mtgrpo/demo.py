@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     correctness = get_reward_func(training_args.correctness_reward)
 
     def held_out(model, desc):
-        return evaluate(model, tokenizer, episode, test_set, correctness, training_args.max_completion_length, desc=desc)
+        return evaluate(
+            model, tokenizer, episode, test_set, correctness, training_args.max_completion_length, desc=desc,
+            chat_template_kwargs=training_args.chat_template_kwargs,
+        )  # fmt: skip
 
     print(f"[2/4] Evaluating the untrained model on {len(test_set)} held-out problems", flush=True)
     before = held_out(AutoModelForCausalLM.from_pretrained(model_path), "eval before").metrics

@@ -150,7 +150,7 @@ def run_eval(argv: list[str]) -> EvalReport:
     result = evaluate(
         model, tokenizer, episode, dataset, correctness, max_new_tokens, batch_size=args.batch_size,
         desc=f"eval {Path(model_args.model_name_or_path).name}", backend=backend, num_samples=args.num_samples,
-        temperature=temperature, seed=training_args.seed,
+        temperature=temperature, seed=training_args.seed, chat_template_kwargs=training_args.chat_template_kwargs,
     )  # fmt: skip
     results = {
         "model": model_args.model_name_or_path,

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from trl.chat_template_utils import get_training_chat_template, is_chat_template_prefix_preserving
 
 from .chat import ChatTurns
 from .episodes import run_episodes
@@ -41,11 +40,14 @@ def evaluate(
     num_samples: int = 0,
     temperature: float = 1.0,
     seed: int = 0,
+    chat_template_kwargs: dict | None = None,
 ) -> EvalResult:
     """Greedy episodes on every row of `dataset` (columns prompt, answer); correctness judged by `correctness_fn`.
 
     `backend` defaults to transformers generation with `model`; pass a `VLLMBackend` (and `model=None`) for
-    vLLM. With `num_samples=k`, each problem also gets k episodes sampled at `temperature`.
+    vLLM. With `num_samples=k`, each problem also gets k episodes sampled at `temperature`. Prompts and turn
+    boundaries are built exactly as in training (`ChatTurns.for_training` with the recipe's `chat_template_kwargs`
+    and, for native tool calls, the tools' schemas).
 
     Each record holds `problem`, `answer`, `turns` (role, text, tokens of every turn), `correct` ({scored turn:
     bool}, e.g. turn1 / final), `episode_metrics` (the protocol's per-episode values, e.g. tools/*, as lists)
@@ -54,12 +56,11 @@ def evaluate(
     backend = backend or TransformersBackend(model, tokenizer, max_new_tokens)
     if model is not None:
         model.eval()
-    # The trainer's template choice: a non-prefix-preserving template is swapped for TRL's training-safe one, so
-    # eval prompts and turn boundaries are tokenised exactly as during training.
-    template = (
-        None if is_chat_template_prefix_preserving(tokenizer) else get_training_chat_template(tokenizer)
-    )
-    chat = ChatTurns(tokenizer, template)
+    chat = ChatTurns.for_training(tokenizer, chat_template_kwargs)
+    if hasattr(episode, "bind"):
+        episode.bind(chat)  # settles the tool protocol, and with it the tool schemas in the prompt
+    tools = getattr(episode, "chat_tools", None) or None
+    backend.stop_ids.add(chat.end_of_turn_id)  # as in training: a turn ends at the template's end-of-turn token
     greedy = backend.generate_fn(0.0)
     if num_samples:
         sampled = backend.generate_fn(temperature)
@@ -68,19 +69,8 @@ def evaluate(
     with tqdm(total=len(dataset), desc=desc, unit="problem") as bar:
         for start in range(0, len(dataset), batch_size):
             rows = dataset.select(range(start, min(start + batch_size, len(dataset))))
-            prompt_ids = [
-                list(
-                    tokenizer.apply_chat_template(
-                        p,
-                        chat_template=template,
-                        add_generation_prompt=True,
-                        tokenize=True,
-                        return_dict=False,
-                    )
-                )
-                for p in rows["prompt"]
-            ]
-            rollouts = run_episodes(episode, prompt_ids, greedy, chat, backend.stop_ids, num_generations=1)
+            prompt_ids = chat.prompt_ids(rows["prompt"], tools=tools)
+            rollouts = run_episodes(episode, prompt_ids, greedy, chat, num_generations=1)
             correct = _judge(episode, rollouts, rows, correctness_fn)
             batch = [_record(episode, rows[b], rollout, correct[b]) for b, rollout in enumerate(rollouts)]
             if num_samples:
@@ -89,7 +79,7 @@ def evaluate(
                 for first in range(0, len(rows), per_chunk):
                     chunk = rows.select(range(first, min(first + per_chunk, len(rows))))
                     repeated = [p for p in prompt_ids[first : first + len(chunk)] for _ in range(num_samples)]
-                    samples = run_episodes(episode, repeated, sampled, chat, backend.stop_ids, num_samples)
+                    samples = run_episodes(episode, repeated, sampled, chat, num_samples)
                     flags = _judge(episode, samples, chunk, correctness_fn, repeat=num_samples)
                     for b in range(len(chunk)):
                         batch[first + b]["samples"] = flags[b * num_samples : (b + 1) * num_samples]

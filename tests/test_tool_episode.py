@@ -84,7 +84,7 @@ def _run(tokenizer, turns, episode=None, n=1, **kwargs):
     episode = episode or ToolEpisode(tools=TOOLS, max_tool_calls=2, tool_timeout=0.3)
     gen = ScriptedGenerate(tokenizer, turns)
     chat = ChatTurns(tokenizer)
-    rollouts = run_episodes(episode, _prompts(tokenizer, n), gen, chat, {tokenizer.eos_token_id}, 1, **kwargs)
+    rollouts = run_episodes(episode, _prompts(tokenizer, n), gen, chat, 1, **kwargs)
     return rollouts, gen, episode
 
 
@@ -185,13 +185,17 @@ def test_answer_before_a_tool_call_wins(tokenizer):
 
 
 def test_max_tool_calls_caps_the_episode(tokenizer):
-    turns = [[call(query="a")], [call(query="b")], [call(query="c") + " more text"]]
+    turns = [[call(query="a")], [call(query="b")], [call(query="c") + " <answer>Paris</answer>"]]
     (r,), gen, _ = _run(tokenizer, turns)  # max_tool_calls=2
     assert len(gen.calls) == 3
     assert r.state["tool_calls"] == 2 and len(r.turns("tool")) == 2
     assert [s.credit for s in r.turns("solver")] == ["pre_tool", "post_tool", "post_tool"]
+    # The call after the cap is not run, and the turn is kept whole: the answer written after it and the EOS stay,
+    # so TRL sees a finished episode (not a truncated one) and the reward reads the answer.
     last = r.turns("solver")[-1]
-    assert "more text" not in last.text  # the call after the cap is cut like any other, but not run
+    assert last.text.endswith("<answer>Paris</answer>")
+    assert last.ids[-1] == tokenizer.eos_token_id and r.completion_ids()[-1] == tokenizer.eos_token_id
+    assert last.num_tokens == len(last.ids)
     _assert_masks(r)
 
 
@@ -200,10 +204,12 @@ def test_episodes_of_different_lengths_keep_generation_calls_in_step(tokenizer):
     (long, short), gen, _ = _run(tokenizer, turns, n=2)
     assert [len(c) for c in gen.calls] == [2, 1]  # one batched call per turn over unfinished episodes
     assert len(long.turns("solver")) == 2 and len(short.turns("solver")) == 1
-    # Another process still running: this one joins its collective calls with a throwaway prompt.
-    flags = iter([True, True, True, False])
-    _, gen, _ = _run(tokenizer, [["<answer>Paris</answer>"]], any_process_active=lambda active: next(flags))
-    assert len(gen.calls) == 3
+    # Another process still has 2 unfinished episodes: this one joins its collective calls, padded to the same count
+    # with throwaway contexts, and drops their outputs.
+    widths = iter([1, 2, 2, 0])
+    (r,), gen, _ = _run(tokenizer, [["<answer>Paris</answer>"]], max_over_processes=lambda count: next(widths))
+    assert [len(c) for c in gen.calls] == [1, 2, 2]
+    assert len(r.turns("solver")) == 1 and r.turns("solver")[0].text == "<answer>Paris</answer>"
 
 
 def _group_rewards():
@@ -291,7 +297,7 @@ def test_native_protocol_parses_template_tool_calls(qwen_tokenizer):
     chat = ChatTurns(tok)
     episode.bind(chat)
     assert episode.native and episode.chat_tools == list(TOOLS.values())
-    (r,) = run_episodes(episode, _prompts(tok, 1), gen, chat, {tok.eos_token_id}, 1)
+    (r,) = run_episodes(episode, _prompts(tok, 1), gen, chat, 1)
     assert [(s.role, s.credit) for s in r.turns()] == [
         ("solver", "pre_tool"),
         ("tool", None),

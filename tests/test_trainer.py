@@ -112,8 +112,125 @@ def test_one_step_changes_parameters_logs_metrics_and_writes_transcripts(tiny_mo
     assert sorted({r["group"] for r in records}) == [0, 1]
 
 
-def test_prompt_longer_than_max_prompt_length_is_a_clear_error(tiny_model_dir, tmp_path):
-    trainer = _trainer(tiny_model_dir, tmp_path, max_prompt_length=5)
+def test_prompt_longer_than_max_prompt_length_fails_before_training(tiny_model_dir, tmp_path):
+    # Checked once when the trainer is built, on every process alike, not mid-run on the process that drew the row.
+    with pytest.raises(ValueError, match="Row 0 of the training set.*max_prompt_length=5.*Raise max_prompt_length"):
+        _trainer(tiny_model_dir, tmp_path, max_prompt_length=5)
+
+
+def lookup(query: str) -> str:
+    """Look something up in the encyclopedia.
+
+    Args:
+        query: what to look up
+    """
+    return f"{query} is a city."
+
+
+@pytest.fixture
+def qwen3_tokenizer(tokenizer):
+    """Qwen3's chat template (tool calls, `enable_thinking`) on the SmolLM2 vocabulary: the same ChatML tokens."""
+    import copy
+
+    from trl.chat_template_utils import qwen3_chat_template
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = qwen3_chat_template
+    return tok
+
+
+def _native_tool_trainer(tiny_model_dir, tmp_path, tokenizer, **overrides):
+    from mtgrpo.episodes import ToolEpisode
+
+    args = MTGRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2, max_completion_length=4,
+        max_steps=1, report_to=[], gradient_checkpointing=False, use_cpu=True, save_strategy="no", episode="tool",
+        chat_template_kwargs={"enable_thinking": False}, **overrides,
+    )  # fmt: skip
+    return MultiTurnGRPOTrainer(
+        model=str(tiny_model_dir), reward_funcs=[letter_e_reward], args=args, train_dataset=_dataset(),
+        processing_class=tokenizer, episode=ToolEpisode(tools={"lookup": lookup}, protocol="native"),
+    )  # fmt: skip
+
+
+def test_length_check_tokenises_like_the_rollout(tiny_model_dir, tmp_path, qwen3_tokenizer):
+    # The plain chat template gives a short prompt; the rollout's (tool schemas, enable_thinking: false) a long one.
+    row = _dataset()[0]["prompt"]
+    plain = len(qwen3_tokenizer.apply_chat_template(row, add_generation_prompt=True, tokenize=True, return_dict=False))
+    assert plain < 64
+    with pytest.raises(ValueError, match=r"Row 0 of the training set has a \d+-token prompt"):
+        _native_tool_trainer(tiny_model_dir, tmp_path, qwen3_tokenizer, max_prompt_length=64)
+
+
+def test_eval_and_training_feed_the_model_the_same_token_ids(tiny_model_dir, tmp_path, qwen3_tokenizer):
+    from mtgrpo.evaluate import evaluate
+
+    trainer = _native_tool_trainer(tiny_model_dir, tmp_path, qwen3_tokenizer, max_prompt_length=1024)
+    answer = qwen3_tokenizer("<answer>4</answer>", add_special_tokens=False)["input_ids"] + [qwen3_tokenizer.eos_token_id]
+    seen = {"train": [], "eval": []}
+
+    def train_generate(prompt_ids, images, multimodal_fields, num_generations):
+        seen["train"].extend(list(p) for p in prompt_ids)
+        return [list(answer) for _ in prompt_ids], None
+
+    trainer._generate_single_turn = train_generate
+    row = trainer.train_dataset[1]
+    trainer._rollout([row["prompt"]] * 2)
+
+    class RecordingBackend:
+        stop_ids = {qwen3_tokenizer.eos_token_id}
+
+        def generate_fn(self, temperature):
+            def generate(prompt_ids, num_generations):
+                seen["eval"].extend(list(p) for p in prompt_ids)
+                return [list(answer) for _ in prompt_ids], None
+
+            return generate
+
+    evaluate(
+        None, qwen3_tokenizer, trainer.episode, trainer.train_dataset.select([1]), letter_e_reward, 4,
+        backend=RecordingBackend(), chat_template_kwargs=trainer.args.chat_template_kwargs,
+    )  # fmt: skip
+    assert seen["train"][0] == seen["eval"][0]
+    text = qwen3_tokenizer.decode(seen["eval"][0])
+    assert "<think>\n\n</think>" in text and '"name": "lookup"' in text  # template kwargs and tool schemas
+
+
+def logging_reward(completions, log_metric, log_extra, **kwargs):
+    """Logs through TRL's hooks: a scalar and one extra column value per completion."""
+    lengths = [len(c[0]["content"]) for c in completions]
+    log_metric("answer_chars", sum(lengths) / len(lengths))
+    log_extra("answer_chars", lengths)
+    return [float(n % 2) for n in lengths]
+
+
+def test_reward_logs_of_turn1_and_final_stay_apart_and_table_shows_turn_advantages(tiny_model_dir, tmp_path):
+    args = MTGRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, max_completion_length=6,
+        max_steps=1, report_to=[], gradient_checkpointing=False, use_cpu=True, save_strategy="no",
+        feedback_source="template", seed=0,
+    )  # fmt: skip
+    trainer = MultiTurnGRPOTrainer(
+        model=str(tiny_model_dir), reward_funcs=[logging_reward], args=args, train_dataset=_dataset()
+    )
     trainer.model.train()
-    with pytest.raises(ValueError, match="max_prompt_length=5.*Raise max_prompt_length"):
-        trainer._generate_and_score_completions([trainer.train_dataset[0]] * 2)
+    rollouts = {}
+    original = trainer._rollout
+
+    def spy(prompts, trainer_=None):
+        out = original(prompts, trainer_)
+        rollouts["r"] = trainer._rollouts
+        return out
+
+    trainer.rollout_func = spy
+    trainer._generate_and_score_completions([trainer.train_dataset[i // 2] for i in range(4)])
+    finals = [len(r.turns("solver")[-1].text) for r in rollouts["r"]]
+    firsts = [len(r.turns("solver")[0].text) for r in rollouts["r"]]
+    metrics = trainer._metrics["train"]
+    assert metrics["answer_chars"] == [pytest.approx(sum(finals) / 4)]
+    assert metrics["turn1/answer_chars"] == [pytest.approx(sum(firsts) / 4)]
+    extra = trainer._logs["extra"]
+    assert list(extra["answer_chars"]) == finals and list(extra["turn1/answer_chars"]) == firsts
+    # The table's advantage column holds the per-turn advantages that are trained, not TRL's single value.
+    table = list(trainer._logs["advantages"])
+    assert len(table) == 4 and all(a.startswith("solve=") and " refine=" in a for a in table)

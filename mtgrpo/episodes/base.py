@@ -111,20 +111,23 @@ def run_episodes(
     prompt_ids: Sequence[list[int]],
     generate: GenerateFn,
     chat: ChatTurns,
-    stop_ids: set[int],
     num_generations: int,
-    any_process_active: Callable[[bool], bool] = lambda active: active,
+    max_over_processes: Callable[[int], int] = lambda count: count,
 ) -> list[Rollout]:
     """Run all episodes turn by turn; each turn is ONE batched `generate` call over the unfinished rollouts.
 
     `prompt_ids` arrive repeated `num_generations` times per prompt (TRL's sampler does this), so the first turn
     passes `num_generations` to the backend (vLLM server de-duplicates and samples n per prompt); later turns
-    have distinct contexts and pass 1. `any_process_active` makes every process agree on whether another turn
-    runs, so the number of generation calls is identical on every rank (the vLLM server and ZeRO-3 generation
-    are collectives).
+    have distinct contexts and pass 1.
+
+    Every process passes the SAME number of contexts in every call. TRL's vLLM paths (server mode, colocate with
+    tensor parallelism) gather all processes' prompts and hand process k the slice [k*n, (k+1)*n): with uneven
+    counts, completions would land on another process's contexts. `max_over_processes(count)` returns the largest
+    count over all processes (a collective; identity on one process); a process with fewer unfinished episodes
+    pads its call with throwaway contexts whose outputs are dropped, and the loop ends on every process together
+    when no process has an unfinished episode, so the number of calls is identical on every rank.
     """
     rollouts = [Rollout(prompt_ids=list(p)) for p in prompt_ids]
-    tokenizer = chat.tokenizer
     if hasattr(episode, "bind"):
         episode.bind(chat)  # e.g. the tool episode decodes turns to cut them after a tool call
     turn_index = 0
@@ -134,33 +137,30 @@ def run_episodes(
         for i, spec in specs.items():
             if spec is None:
                 rollouts[i].done = True
-        if not any_process_active(bool(active)):
+        width = max_over_processes(len(active))
+        if width == 0:
             break
         for i in active:
-            spec, rollout = specs[i], rollouts[i]
-            closing = chat.closing_ids(rollout.completion_ids(), stop_ids) if turn_index else []
-            if closing:
-                # An empty or truncated turn is closed with an EOS the policy did not sample (kept out of the loss).
-                # Only done when another turn follows, so a truncated final turn still looks truncated to TRL.
-                rollout.segments.append(Segment(role="user", ids=closing, trained=False))
-            if spec.message is not None:
-                text = spec.message_text if spec.message_text is not None else spec.message
-                ids = spec.message_ids if spec.message_ids is not None else chat.user_turn(spec.message)
-                rollout.segments.append(
-                    Segment(
-                        role=spec.message_role,
-                        ids=ids,
-                        trained=False,
-                        text=text,
-                        num_tokens=chat.text_length(text),
-                    )
-                )
-        contexts = [rollouts[i].context_ids() for i in active]
-        if not contexts:
-            # Another process still has unfinished episodes: join its collective call with a throwaway prompt.
-            contexts = [rollouts[0].prompt_ids]
+            _open_turn(rollouts[i], specs[i], chat, first=turn_index == 0)
+        if turn_index == 0:
+            # The first call keeps TRL's prompt layout (groups of num_generations identical prompts, the same count on
+            # every process), so a rollout that asked for no turn still sends its prompt; its output is dropped below.
+            chosen = set(active)
+            slots = [i if i in chosen else None for i in range(len(rollouts))]
+            contexts = [r.context_ids() for r in rollouts]
+        else:
+            # Throwaway contexts pad the call to `width`: the shortest prompt at hand, so padding generates little.
+            filler = min((r.prompt_ids for r in rollouts), key=len)
+            slots = active + [None] * (width - len(active))
+            contexts = [rollouts[i].context_ids() for i in active] + [filler] * (width - len(active))
         completion_ids, logprobs = generate(contexts, num_generations if turn_index == 0 else 1)
-        for k, i in enumerate(active):
+        if len(completion_ids) != len(contexts):
+            raise RuntimeError(
+                f"The generation backend returned {len(completion_ids)} completions for {len(contexts)} contexts."
+            )
+        for k, i in enumerate(slots):
+            if i is None:
+                continue  # a throwaway context: its completion belongs to no episode
             spec, rollout = specs[i], rollouts[i]
             ids = list(completion_ids[k])
             segment = Segment(
@@ -168,7 +168,7 @@ def run_episodes(
                 ids=ids,
                 trained=spec.trained,
                 credit=spec.credit if spec.trained else None,
-                text=tokenizer.decode(ids, skip_special_tokens=True),
+                text=chat.tokenizer.decode(ids, skip_special_tokens=True),
                 num_tokens=len(ids),
                 logprobs=list(logprobs[k]) if logprobs is not None else None,
             )
@@ -176,3 +176,20 @@ def run_episodes(
             episode.after_turn(rollout, segment)
         turn_index += 1
     return rollouts
+
+
+def _open_turn(rollout: Rollout, spec: TurnSpec, chat: ChatTurns, first: bool) -> None:
+    """Close the previous turn as the template does and append the turn's injected message (both masked)."""
+    if not first:
+        closing = chat.closing_ids(rollout.completion_ids())
+        if closing:
+            # An empty or truncated turn (or one ended by a stop token other than the template's end-of-turn) is
+            # closed with the template's end-of-turn token, which the policy did not sample (kept out of the loss).
+            # Only done when another turn follows, so a truncated final turn still looks truncated to TRL.
+            rollout.segments.append(Segment(role="user", ids=closing, trained=False))
+    if spec.message is not None:
+        text = spec.message_text if spec.message_text is not None else spec.message
+        ids = spec.message_ids if spec.message_ids is not None else chat.user_turn(spec.message)
+        rollout.segments.append(
+            Segment(role=spec.message_role, ids=ids, trained=False, text=text, num_tokens=chat.text_length(text))
+        )

@@ -4,10 +4,17 @@ Turn 1: the policy solves. Turn 2: feedback, written either by the policy itself
 (`feedback_source: self`) or taken from a fixed template (`feedback_source: template`, no generation).
 Turn 3: the policy refines with its attempt and the feedback in context. Injected instructions are masked.
 
-Credit: turn-1 tokens get the advantage of w * R(turn 1) + (1 - w) * R(final) (`turn1_reward_weight`);
-final-turn tokens get that of R(final) + alpha * (R(final) - R(turn 1)) (`refine_bonus_alpha`, SCoRe
-stage II); trained feedback tokens get that of R(final), the verifier outcome of the refined answer
-(MLMT-RL's reward for the feedback writer). Each is group-normalised on its own.
+Credit (each advantage group-normalised on its own; r1 = R(turn 1), rf = R(final)):
+    solve    <- w * r1 + (1 - w) * rf                      (w = `turn1_reward_weight`)
+    refine   <- rf + alpha * (rf - r1)                      (alpha = `refine_bonus_alpha`)
+    feedback <- rf, the verifier outcome of the refined answer (MLMT-RL's reward for the feedback writer)
+Named settings:
+    w = 0, alpha = 0 (default): MLMT-RL / Bi-NAC — both solver turns are credited with the final outcome.
+    w = 1, alpha > 0: SCoRe stage II — turn 1 earns its own reward, the final turn a bonus for improving on it.
+    w = 1, alpha = 0: two independent single-turn objectives; SCoRe reports that this collapses into the final
+    turn copying the first (a warning is logged).
+A term with a zero weight is left out, so an unscorable turn (reward NaN) only affects the advantages that use
+it; where r1 or rf is unscorable the improvement bonus is 0.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ class RefineEpisode:
     feedback_prompt: str = ""
     feedback_template: str = ""
     refine_prompt: str = ""
-    turn1_reward_weight: float = 1.0
+    turn1_reward_weight: float = 0.0
     refine_bonus_alpha: float = 0.0
 
     @classmethod
@@ -91,8 +98,16 @@ class RefineEpisode:
     def advantages(self, rewards: dict[str, torch.Tensor], num_generations: int, scale: str) -> dict[str, torch.Tensor]:
         r1, rf = rewards["turn1"], rewards["final"]
         w, alpha = self.turn1_reward_weight, self.refine_bonus_alpha
+        solve = _weighted_sum((w, r1), (1 - w, rf))
+        refine = rf if alpha == 0 else rf + alpha * torch.nan_to_num(rf - r1, nan=0.0)
         return {
-            "solve": group_normalize(w * r1 + (1 - w) * rf, num_generations, scale),
-            "refine": group_normalize(rf + alpha * (rf - r1), num_generations, scale),
+            "solve": group_normalize(solve, num_generations, scale),
+            "refine": group_normalize(refine, num_generations, scale),
             "feedback": group_normalize(rf, num_generations, scale),
         }
+
+
+def _weighted_sum(*terms: tuple[float, torch.Tensor]) -> torch.Tensor:
+    """sum of weight * reward over the terms with a non-zero weight (0 * NaN would be NaN)."""
+    used = [weight * reward for weight, reward in terms if weight != 0]
+    return torch.stack(used).sum(dim=0) if used else torch.zeros_like(terms[0][1])

@@ -15,7 +15,8 @@ Protocols (`tool_protocol`):
 - auto: native when the chat template supports tool calls, else text.
 
 An episode ends at an answer, at a turn with neither a tool call nor an answer, or with the turn that follows the
-`max_tool_calls`-th tool-calling turn (a call there is not run: MT-GRPO's step cap). Tool failures come back to the
+`max_tool_calls`-th tool-calling turn (a call there is not run: MT-GRPO's step cap; that turn is kept whole, so an
+answer written after the call still counts). Tool failures come back to the
 policy as "Error: ..." results (see mtgrpo.tools) and are counted in `rollout.state`.
 
 Credit keys: the first tool-calling turn is "pre_tool", every turn after a tool result "post_tool", and the single
@@ -126,12 +127,15 @@ class ToolEpisode:
 
     def after_turn(self, rollout: Rollout, segment: Segment) -> None:
         state = _state(rollout)
-        calls = self._native_calls(rollout, segment) if self.native else self._text_calls(segment)
-        if not calls or state["tool_turns"] >= self.max_tool_calls:
+        # At the cap a call will not run, so the turn is kept whole: cutting it at `</tool>` would delete an answer
+        # written after the call and the end-of-turn token, and make a finished episode look truncated to TRL.
+        at_cap = state["tool_turns"] >= self.max_tool_calls
+        calls = None if at_cap else self._native_calls(rollout, segment) if self.native else self._text_calls(segment)
+        if not calls:
             rollout.done = True
             if not rollout.completion_ids():
-                # TRL cannot take an empty completion; an EOS the policy did not sample stays out of the loss.
-                rollout.segments.append(Segment(role="user", ids=[self._chat.eos_token_id], trained=False))
+                # TRL cannot take an empty completion; an end-of-turn the policy did not sample stays out of the loss.
+                rollout.segments.append(Segment(role="user", ids=[self._chat.end_of_turn_id], trained=False))
             return
         results = [
             c if isinstance(c, ToolResult) else call_tool(self.tools, *c, self.tool_timeout) for c in calls
@@ -175,7 +179,7 @@ class ToolEpisode:
                 high = mid
             else:
                 low = mid + 1
-        keep = low + int(low < len(ids) and ids[low] == self._chat.eos_token_id)
+        keep = low + int(low < len(ids) and ids[low] == self._chat.end_of_turn_id)
         segment.ids = ids[:keep]
         segment.text = decode(keep)
         segment.num_tokens = keep
