@@ -1,6 +1,6 @@
 """Check this machine against what a recipe needs, with a fix for each problem.
 
-    mtgrpo doctor [--config RECIPE] [--min-free-gb 50]
+    mtgrpo doctor [--config RECIPE] [--min-free-gb GB]
     python -m mtgrpo.doctor --config recipes/qwen2.5-1.5b-instruct/gsm8k-refine.yaml
 
 Exit code 1 when something the recipe requires is missing; warnings (no GPU for a CPU recipe, no HF token,
@@ -148,15 +148,57 @@ def check_java(recipe: dict) -> list[Check]:
     return [Check("java", OK, f"Java {major} at {java}")]
 
 
-def check_disk(recipe: dict, min_free_gb: float) -> Check:
+# Bytes per parameter of one full-model checkpoint: DeepSpeed's fp32 master weights + Adam's two moments (12),
+# the bf16 module states (2) and the gathered 16-bit model zero3_save_16bit_model writes next to them (2).
+CHECKPOINT_BYTES_PER_PARAM = 16
+FINAL_MODEL_BYTES_PER_PARAM = 2
+_SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([bm])(?![a-z])", re.IGNORECASE)
+
+
+def model_parameters(recipe: dict) -> float | None:
+    """Parameter count of the recipe's model, without loading it: the size of a local model's weight files,
+    else the size in a hub id ("Qwen2.5-7B" -> 7e9); None when neither says."""
+    name = str(recipe.get("model_name_or_path") or "")
+    local = Path(name).expanduser()
+    if local.is_dir():
+        weights = [*local.glob("*.safetensors"), *local.glob("*.bin")]
+        if weights:  # stored in 16-bit: 2 bytes per parameter
+            return sum(w.stat().st_size for w in weights) / 2
+    sizes = _SIZE_IN_NAME.findall(name.rsplit("/", 1)[-1])
+    if not sizes:
+        return None
+    number, unit = sizes[-1]
+    return float(number) * (1e9 if unit.lower() == "b" else 1e6)
+
+
+def required_disk_gb(recipe: dict) -> tuple[float, str]:
+    """Disk the run's output_dir needs: kept checkpoints x per-checkpoint size + the final model, and why."""
+    params = model_parameters(recipe)
+    if params is None:
+        return (50.0 if needs_gpu(recipe) else 2.0), "model size unknown"
+    if recipe.get("use_peft"):
+        return 10.0, "LoRA adapters only"
+    kept = recipe.get("save_total_limit")
+    if not kept:
+        steps, every = recipe.get("max_steps"), recipe.get("save_steps")
+        kept = -(-int(steps) // int(every)) if steps and every and float(every) >= 1 else 5
+    per_checkpoint = params * CHECKPOINT_BYTES_PER_PARAM / 2**30
+    need = kept * per_checkpoint + params * FINAL_MODEL_BYTES_PER_PARAM / 2**30
+    why = f"{kept} kept checkpoints x {per_checkpoint:.0f} GiB ({params / 1e9:.2g}B params) + the final model"
+    return max(need * 1.1, 2.0), why
+
+
+def check_disk(recipe: dict, min_free_gb: float | None = None) -> Check:
+    why = "--min-free-gb"
+    if min_free_gb is None:
+        min_free_gb, why = required_disk_gb(recipe)
     output_dir = Path(recipe.get("output_dir", "trainer_output")).absolute()
     existing = next(p for p in (output_dir, *output_dir.parents) if p.exists())
     free_gb = shutil.disk_usage(existing).free / 2**30
     if free_gb < min_free_gb:
         fix = f"free space on {existing}, point output_dir at a larger volume, or lower save_total_limit"
-        return Check(
-            "disk", FAIL, f"{free_gb:.0f} GiB free for {output_dir}, want >= {min_free_gb:.0f} GiB", fix
-        )
+        detail = f"{free_gb:.0f} GiB free for {output_dir}, want >= {min_free_gb:.0f} GiB ({why})"
+        return Check("disk", FAIL, detail, fix)
     return Check("disk", OK, f"{free_gb:.0f} GiB free for {output_dir}")
 
 
@@ -222,8 +264,6 @@ def _hf_token_path() -> Path:
 def run_checks(recipe_path: str | None = None, min_free_gb: float | None = None) -> list[Check]:
     """Every check for `recipe_path` (None: the machine alone, as for a CPU recipe)."""
     recipe = read_recipe(recipe_path) if recipe_path else {"use_cpu": True}
-    if min_free_gb is None:
-        min_free_gb = 50.0 if needs_gpu(recipe) else 2.0
     return [
         check_python(),
         *check_torch_and_gpus(recipe),
@@ -251,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtgrpo doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="recipe to check the machine against")
     parser.add_argument(
-        "--min-free-gb", type=float, help="free disk wanted for output_dir (default 50 GPU, 2 CPU)"
+        "--min-free-gb",
+        type=float,
+        help="free disk wanted for output_dir (default: estimated from the model size and save_total_limit)",
     )
     args = parser.parse_args(argv)
     try:

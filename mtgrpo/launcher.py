@@ -2,14 +2,23 @@
 
     python -m mtgrpo.launcher RECIPE [--dry-run] [--field value ...]      # also: mtgrpo launch RECIPE ...
     python -m mtgrpo.launcher RECIPE --num-nodes 2 --node-rank 1 --main-address 10.0.0.1   # second node
+    python -m mtgrpo.launcher RECIPE --num-nodes 3 --node-rank R --main-address 10.0.0.1 --generation-node 10.0.0.3
 
 Unknown flags (`--learning_rate 1.0e-06`, `--vllm_tensor_parallel_size 2`, ...) are recipe overrides for
 mtgrpo.train; the launcher reads the effective recipe values too, so an override changes the GPU split as well.
 
-When the recipe says `use_vllm: true` and `vllm_mode: server`, GPUs 0..k-1 of every node are reserved for vLLM
-(k = vllm_tensor_parallel_size, default 1) and the rest train. accelerate/torchrun start the same number of
-processes on every node, so the k GPUs stay idle on nodes other than rank 0, which alone runs the server (only
-the main training process talks to it). Without GPUs, the launcher runs `python -m mtgrpo.train` directly.
+When the recipe says `use_vllm: true` and `vllm_mode: server`, there are two layouts:
+- default: GPUs 0..k-1 of every node are reserved for vLLM (k = vllm_tensor_parallel_size, default 1) and the
+  rest train. Only the main training process talks to vLLM, so only node 0 runs a server, bound to 127.0.0.1;
+  accelerate/torchrun start the same number of processes on every node, so the k GPUs idle on the other nodes.
+- `--generation-node ADDRESS` (TRL's dedicated vLLM node): the node with the last rank serves vLLM on all its
+  GPUs (data parallel, tensor parallel k), bound to 0.0.0.0 at ADDRESS, and the other nodes train on all theirs.
+Without GPUs, the launcher runs `python -m mtgrpo.train` directly.
+
+A node other than the main one watches the main node's rendezvous port and stops with a clear message when it
+stays unreachable for --peer-timeout seconds, instead of hanging until NCCL's 30-minute timeout. On SIGTERM or
+Ctrl-C the launcher forwards the signal and gives training --stop-grace seconds to save a checkpoint
+(mtgrpo.signals.SaveOnSigterm) before killing it.
 Local EC2 (local_training/train.sh) and SageMaker (sagemaker_training/entrypoint.py) both call this module.
 """
 
@@ -19,6 +28,7 @@ import argparse
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +43,10 @@ from .recipe_file import read_recipe
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "local_training"
 DEFAULT_SERVER_TIMEOUT = 900.0  # a 7B model with CUDA-graph capture can take several minutes to come up
 STOP_GRACE_SECONDS = 30.0
+# SageMaker and docker stop send SIGKILL 120 s after SIGTERM; training gets most of that to save a checkpoint.
+TRAIN_STOP_GRACE_SECONDS = 105.0
+DEFAULT_PEER_TIMEOUT = 60.0
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -53,18 +67,24 @@ class LaunchPlan:
     """Everything one node runs, built by `plan_launch` without side effects.
 
     Attributes:
-        train: the training command (`accelerate launch ... -m mtgrpo.train ...`, or plain python on CPU).
+        train: the training command (`accelerate launch ... -m mtgrpo.train ...`, or plain python on CPU); None
+            on a dedicated generation node, which only serves vLLM.
         server: the vLLM server started on this node before training, or None.
         server_log: where the server's stdout/stderr go (None without a server on this node).
         health_url: `/health` URL that must answer 200 before training starts (this node's server or the
-            main node's), or None when no vLLM server is involved.
+            generation node's), or None when no vLLM server is involved.
+        peer: `host:port` of the main node's rendezvous (torchrun's TCP store), watched from the other nodes:
+            training starts once it answers and stops when it goes away. None on the main node.
+        world_size: training processes of the whole run (what a DeepSpeed checkpoint's shard count must equal).
         notes: human-readable decisions worth printing (GPU split, overrides the launcher added).
     """
 
-    train: Command
+    train: Command | None
     server: Command | None = None
     server_log: str | None = None
     health_url: str | None = None
+    peer: str | None = None
+    world_size: int = 1
     notes: list[str] = field(default_factory=list)
 
 
@@ -117,7 +137,13 @@ def _default_accelerate_config(num_processes: int, num_nodes: int) -> Path:
 
 
 def _vllm_serve_command(
-    recipe_path: str, recipe: dict, overrides, port: int, tensor_parallel: int
+    recipe_path: str,
+    recipe: dict,
+    overrides,
+    port: int,
+    tensor_parallel: int,
+    host: str = LOOPBACK,
+    data_parallel: int = 1,
 ) -> list[str]:
     # TRL builds the exact `vllm serve` line its server mode needs (dev-mode weight transfer, processed logprobs,
     # uncapped logprobs, scale-out routes on vLLM >= 0.30); reuse it instead of copying the flag list.
@@ -132,9 +158,12 @@ def _vllm_serve_command(
     memory = _setting(recipe, overrides, "vllm_gpu_memory_utilization", 0.9)
     args = ScriptArguments(
         model=str(model),
-        host="0.0.0.0",
+        # The same weights training starts from: a pinned revision must reach vLLM too.
+        revision=_setting(recipe, overrides, "model_revision"),
+        host=host,
         port=port,
         tensor_parallel_size=tensor_parallel,
+        data_parallel_size=data_parallel,
         gpu_memory_utilization=float(memory),
         max_model_len=int(max_len) if max_len is not None else None,
     )
@@ -153,6 +182,7 @@ def plan_launch(
     train_overrides: Sequence[str] = (),
     visible_devices: str | None = None,
     log_dir: str | Path | None = None,
+    generation_node: str | None = None,
     python: str = sys.executable,
 ) -> LaunchPlan:
     """Decide what this node runs. Pure: reads the recipe, starts nothing.
@@ -161,11 +191,13 @@ def plan_launch(
         recipe_path: the recipe YAML passed to `mtgrpo.train --config`.
         num_gpus: GPUs on this node (0 = CPU-only: plain `python -m mtgrpo.train`, no vLLM).
         num_nodes, node_rank, main_address, main_port: multi-node coordinates (accelerate's machine rank and
-            rendezvous address; `main_address` also hosts the vLLM server).
+            the rendezvous address of the main training node, rank 0).
         accelerate_config: accelerate YAML; default local_training/{single_gpu,zero3,zero3_multinode}.yaml.
         train_overrides: extra `--field value` flags for mtgrpo.train (also read for vLLM settings).
         visible_devices: the node's CUDA_VISIBLE_DEVICES, so the split maps onto the GPUs actually granted.
         log_dir: directory for the vLLM server log (default `<output_dir>/logs`).
+        generation_node: address of a dedicated vLLM node, the one with the last rank (None: the default
+            layout, a server on node 0's first GPUs).
         python: interpreter for every command.
     """
     recipe_path = str(recipe_path)
@@ -198,37 +230,83 @@ def plan_launch(
     if server_mode and (external := _setting(recipe, overrides, "vllm_server_base_url")):
         notes.append(f"vllm_server_base_url={external}: using that server, starting none")
         server_mode = False
+    if generation_node and not (server_mode and num_nodes >= 2):
+        raise ValueError(
+            "--generation-node needs --num-nodes >= 2 and a recipe with `use_vllm: true` and `vllm_mode: server` "
+            "(the last node serves vLLM, the others train). Drop --generation-node, or add nodes."
+        )
+    train_nodes = num_nodes - 1 if generation_node else num_nodes
+    train_rank = node_rank
+    port = int(_setting(recipe, overrides, "vllm_server_port", 8000))
+    tensor_parallel = int(_setting(recipe, overrides, "vllm_tensor_parallel_size", 1))
+    output_dir = _setting(recipe, overrides, "output_dir", "trainer_output")
+    log_path = str(Path(log_dir or Path(output_dir) / "logs") / "vllm-server.log")
+    # The rendezvous store of the main training node: the other nodes wait for it, then watch it.
+    peer = f"{main_address}:{main_port}" if num_nodes > 1 and node_rank > 0 else None
 
     server = server_log = health_url = None
     vllm_gpus = 0
     host_flags: list[str] = []
-    if server_mode:
-        vllm_gpus = int(_setting(recipe, overrides, "vllm_tensor_parallel_size", 1))
+    if generation_node:
+        url = f"http://{generation_node}:{port}/health"
+        if node_rank == num_nodes - 1:
+            if num_gpus % tensor_parallel:
+                raise ValueError(
+                    f"The generation node has {num_gpus} GPUs, not a multiple of vllm_tensor_parallel_size="
+                    f"{tensor_parallel}. Pick a tensor parallel size that divides the GPU count."
+                )
+            data_parallel = num_gpus // tensor_parallel
+            notes.append(
+                f"generation node: vLLM on GPUs {gpu_ids} (data parallel {data_parallel} x tensor parallel "
+                f"{tensor_parallel}), bound to 0.0.0.0:{port} for the training nodes; open ports {port} and "
+                "51216 (weight sync) to them only, the weight-update routes have no authentication"
+            )
+            server = Command(
+                _vllm_serve_command(
+                    recipe_path, recipe, overrides, port, tensor_parallel, "0.0.0.0", data_parallel
+                ),
+                {"CUDA_VISIBLE_DEVICES": ",".join(gpu_ids), "VLLM_SERVER_DEV_MODE": "1"},
+            )
+            return LaunchPlan(
+                train=None,
+                server=server,
+                server_log=log_path,
+                health_url=f"http://{LOOPBACK}:{port}/health",
+                peer=f"{main_address}:{main_port}",
+                world_size=0,
+                notes=notes,
+            )
+        health_url = url
+        host_flags = ["--vllm_server_host", generation_node, "--vllm_server_port", str(port)]
+        notes.append(f"training on all GPUs {gpu_ids}; vLLM runs on the generation node {generation_node}")
+    elif server_mode:
+        vllm_gpus = tensor_parallel
         if vllm_gpus >= num_gpus:
             raise ValueError(
                 f"The vLLM server needs {vllm_gpus} GPU(s) (vllm_tensor_parallel_size) and training at least 1, but "
                 f"this node has {num_gpus}. Lower vllm_tensor_parallel_size, or set `vllm_mode: colocate` "
                 "(--vllm_mode colocate) to share the GPUs between generation and training."
             )
-        port = int(_setting(recipe, overrides, "vllm_server_port", 8000))
-        host = main_address if num_nodes > 1 else "127.0.0.1"
-        health_url = f"http://{host}:{port}/health"
-        host_flags = ["--vllm_server_host", host, "--vllm_server_port", str(port)]
+        # Only the main training process (global rank 0, on node 0) talks to the server, so it listens on
+        # loopback: its dev-mode weight-update routes stay unreachable from the network.
+        host_flags = ["--vllm_server_host", LOOPBACK, "--vllm_server_port", str(port)]
         notes.append(f"GPU split: {gpu_ids[:vllm_gpus]} vLLM, {gpu_ids[vllm_gpus:]} training")
         if node_rank == 0:
-            output_dir = _setting(recipe, overrides, "output_dir", "trainer_output")
-            server_log = str(Path(log_dir or Path(output_dir) / "logs") / "vllm-server.log")
+            health_url = f"http://{LOOPBACK}:{port}/health"
+            server_log = log_path
             server = Command(
                 _vllm_serve_command(recipe_path, recipe, overrides, port, vllm_gpus),
                 {"CUDA_VISIBLE_DEVICES": ",".join(gpu_ids[:vllm_gpus]), "VLLM_SERVER_DEV_MODE": "1"},
             )
         else:
             notes.append(
-                f"vLLM runs on the main node {main_address}; GPUs {gpu_ids[:vllm_gpus]} stay idle here"
+                f"vLLM runs on the main node {main_address} (loopback only); GPUs {gpu_ids[:vllm_gpus]} stay idle "
+                "here. --generation-node puts vLLM on a node of its own and every other GPU to training"
             )
 
-    total = (num_gpus - vllm_gpus) * num_nodes
-    config = Path(accelerate_config) if accelerate_config else _default_accelerate_config(total, num_nodes)
+    per_node = num_gpus - vllm_gpus
+    total = per_node * train_nodes
+    config = Path(accelerate_config) if accelerate_config else _default_accelerate_config(total, train_nodes)
     if not config.is_file():
         raise FileNotFoundError(
             f"Accelerate config {config} not found. Pass --accelerate-config PATH (see local_training/)."
@@ -238,17 +316,43 @@ def plan_launch(
         "--num_processes",
         str(total),
         "--num_machines",
-        str(num_nodes),
+        str(train_nodes),
         "--machine_rank",
-        str(node_rank),
+        str(train_rank),
     ]
     if num_nodes > 1:
         accelerate += ["--main_process_ip", main_address, "--main_process_port", str(main_port)]
+    if train_nodes > 1 and _is_deepspeed(config):
+        # accelerate's default multi-node DeepSpeed launcher (pdsh) writes the whole environment, tokens
+        # included, to ./.deepspeed_env for its SSH fan-out; the standard launcher (torchrun per node) writes none.
+        accelerate += ["--deepspeed_multinode_launcher", "standard"]
+    if peer:
+        notes.append(f"waits for the main node's rendezvous {peer}, then stops if it goes away")
     train = Command(
         [*accelerate, *train_module, *host_flags, *overrides],
-        {"CUDA_VISIBLE_DEVICES": ",".join(gpu_ids[vllm_gpus:])},
+        {
+            "CUDA_VISIBLE_DEVICES": ",".join(gpu_ids[vllm_gpus:]),
+            # torchrun gives workers this long between forwarding SIGTERM and SIGKILL (default 30 s): long enough
+            # for SaveOnSigterm to finish the step and save, short enough to end before the launcher's grace.
+            "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(int(TRAIN_STOP_GRACE_SECONDS) - 5),
+        },
     )
-    return LaunchPlan(train=train, server=server, server_log=server_log, health_url=health_url, notes=notes)
+    return LaunchPlan(
+        train=train,
+        server=server,
+        server_log=server_log,
+        health_url=health_url,
+        peer=peer,
+        world_size=total,
+        notes=notes,
+    )
+
+
+def _is_deepspeed(config: Path) -> bool:
+    try:
+        return (read_recipe(config).get("distributed_type") or "") == "DEEPSPEED"
+    except (OSError, ValueError):
+        return False
 
 
 def _cpu_plan(recipe: dict, overrides: list[str], num_nodes: int, train: list[str]) -> LaunchPlan:
@@ -271,7 +375,19 @@ def format_plan(plan: LaunchPlan, server_timeout: float = DEFAULT_SERVER_TIMEOUT
     if plan.health_url:
         lines.append(f"# {step}. wait up to {server_timeout:.0f} s for GET {plan.health_url} to answer 200")
         step += 1
-    lines += [f"# {step}. training:", plan.train.shell()]
+    if plan.peer and plan.train:
+        lines.append(
+            f"# {step}. wait up to {server_timeout:.0f} s for the main node's rendezvous {plan.peer}"
+        )
+        step += 1
+    if plan.train:
+        lines += [f"# {step}. training:", plan.train.shell()]
+    else:
+        lines.append(
+            f"# {step}. serve until the training nodes' rendezvous {plan.peer} goes away, or a signal"
+        )
+    if plan.peer and plan.train:
+        lines.append(f"# meanwhile: stop training if {plan.peer} stays unreachable (the main node died)")
     if plan.server:
         lines.append("# then: stop the vLLM server's process group (also on failure, Ctrl-C or SIGTERM)")
     return "\n".join(lines)
@@ -384,11 +500,64 @@ def _raise_interrupted(signum, _frame):
     raise _Interrupted(signum)
 
 
-def execute(plan: LaunchPlan, server_timeout: float = DEFAULT_SERVER_TIMEOUT) -> int:
-    """Run a plan: server, health wait, training. Returns training's exit code (128 + signal if interrupted).
-    The server's process group is always stopped before returning."""
+def exit_status(returncode: int) -> int:
+    """A child's exit code as a shell reports it: 128 + N for a child killed by signal N (Popen says -N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def reachable(address: str, timeout: float = 5.0) -> bool:
+    """Whether `host:port` accepts a TCP connection."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class PeerWatch:
+    """Tracks whether the main node is alive: armed by its first answer, then lost after `timeout` seconds of
+    silence. A node only learns of its peer's death from NCCL after 30 minutes otherwise."""
+
+    def __init__(self, address: str, timeout: float):
+        self.address, self.timeout = address, timeout
+        self.seen = False
+        self.last_seen = time.monotonic()
+
+    def lost(self) -> bool:
+        now = time.monotonic()
+        if reachable(self.address, timeout=min(5.0, self.timeout)):
+            self.seen, self.last_seen = True, now
+            return False
+        return self.seen and now - self.last_seen > self.timeout
+
+
+def _wait_for_peer(address: str, timeout: float, poll_interval: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not reachable(address):
+        if time.monotonic() > deadline:
+            raise ServerError(
+                f"The main node's rendezvous {address} did not answer within {timeout:.0f} s. Start the main node "
+                "(--node-rank 0) too, check --main-address/--main-port and that the port is open between nodes, "
+                "or raise --server-timeout."
+            )
+        time.sleep(poll_interval)
+
+
+def execute(
+    plan: LaunchPlan,
+    server_timeout: float = DEFAULT_SERVER_TIMEOUT,
+    peer_timeout: float = DEFAULT_PEER_TIMEOUT,
+    stop_grace: float = TRAIN_STOP_GRACE_SECONDS,
+    poll_interval: float = 5.0,
+) -> int:
+    """Run a plan: server, health wait, training. Returns training's exit code (128 + N when it or the launcher
+    got signal N, 1 when the vLLM server or the main node died). The server's process group is always stopped
+    before returning; on a signal, training gets `stop_grace` seconds to save a checkpoint first."""
     server = training = None
     forwarded = signal.SIGTERM
+    grace = stop_grace
+    watch = PeerWatch(plan.peer, peer_timeout) if plan.peer else None
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if plan.server:
@@ -397,34 +566,60 @@ def execute(plan: LaunchPlan, server_timeout: float = DEFAULT_SERVER_TIMEOUT) ->
         if plan.health_url:
             wait_for_server(plan.health_url, server, server_timeout, plan.server_log)
             print(f"[mtgrpo launch] vLLM server healthy at {plan.health_url}", flush=True)
-        print(f"[mtgrpo launch] {plan.train.shell()}", flush=True)
-        training = _start(plan.train)
+        if plan.train is not None:
+            if plan.peer:
+                _wait_for_peer(plan.peer, server_timeout, min(poll_interval, 1.0))
+            print(f"[mtgrpo launch] {plan.train.shell()}", flush=True)
+            training = _start(plan.train)
         while True:
-            try:
-                return training.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+            if training is not None:
+                try:
+                    return exit_status(training.wait(timeout=poll_interval))
+                except subprocess.TimeoutExpired:
+                    pass
+            elif server is not None:
+                try:
+                    server.wait(timeout=poll_interval)
+                except subprocess.TimeoutExpired:
+                    pass
             if server is not None and server.poll() is not None:
                 raise ServerError(
                     f"The vLLM server exited with code {server.returncode} during training. "
                     f"Last lines of {plan.server_log}:\n{_log_tail(plan.server_log)}"
                 )
+            if watch is not None and watch.lost():
+                if training is None:
+                    print(f"[mtgrpo launch] training nodes ({plan.peer}) are gone; stopping vLLM", flush=True)
+                    return 0
+                print(
+                    f"[mtgrpo launch] the main node's rendezvous {plan.peer} has not answered for "
+                    f"{peer_timeout:.0f} s: the main node (rank 0) has stopped or died; see its logs. Stopping this "
+                    "node now instead of waiting for the NCCL timeout (30 min).",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                # A checkpoint save would wait on the dead node's collectives: do not wait for it.
+                grace = 10.0
+                return 1
     except _Interrupted as interrupted:
         forwarded = interrupted.signum
         print(
-            f"[mtgrpo launch] got {signal.Signals(forwarded).name}, stopping training and vLLM",
+            f"[mtgrpo launch] got {signal.Signals(forwarded).name}, stopping training (up to {stop_grace:.0f} s to "
+            "save a checkpoint) and vLLM",
             file=sys.stderr,
+            flush=True,
         )
         return 128 + forwarded
     except ServerError as error:
         print(f"[mtgrpo launch] {error}", file=sys.stderr)
         return 1
     finally:
-        # Cleanup is bounded (grace + SIGKILL); a second Ctrl-C must not abandon the children half-way.
+        # Cleanup is bounded (grace + SIGKILL); a second Ctrl-C must not abandon the children half-way. The
+        # server stays up until training has stopped: the step being finished may still need rollouts.
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
-        stop_process_group(training, forwarded)
-        stop_process_group(server)
+        stop_process_group(training, forwarded, grace=grace)
+        stop_process_group(server, grace=STOP_GRACE_SECONDS if training is None else 10.0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -447,6 +642,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-dir", help="vLLM server log directory (default: <output_dir>/logs)")
     parser.add_argument(
         "--server-timeout", type=float, default=DEFAULT_SERVER_TIMEOUT, help="seconds to wait for /health"
+    )
+    parser.add_argument(
+        "--generation-node",
+        metavar="ADDRESS",
+        help="dedicated vLLM node: the node with the last rank serves vLLM on all its GPUs at ADDRESS, the "
+        "others train on all theirs (needs --num-nodes >= 2 and a vllm_mode: server recipe)",
+    )
+    parser.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=DEFAULT_PEER_TIMEOUT,
+        help="seconds the main node may stay unreachable before this node stops (nodes other than rank 0)",
+    )
+    parser.add_argument(
+        "--stop-grace",
+        type=float,
+        default=TRAIN_STOP_GRACE_SECONDS,
+        help="seconds training gets to save a checkpoint after SIGTERM/Ctrl-C before it is killed",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the commands and variables, start nothing"
@@ -476,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
             train_overrides=overrides,
             visible_devices=visible or None,
             log_dir=args.log_dir,
+            generation_node=args.generation_node,
         )
     except (ValueError, FileNotFoundError) as error:
         print(f"mtgrpo launch: {error}", file=sys.stderr)
@@ -483,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(format_plan(plan, args.server_timeout))
         return 0
-    return execute(plan, args.server_timeout)
+    return execute(plan, args.server_timeout, peer_timeout=args.peer_timeout, stop_grace=args.stop_grace)
 
 
 if __name__ == "__main__":

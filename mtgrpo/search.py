@@ -7,13 +7,15 @@
   corpus content and cached under `$MTGRPO_CACHE/bm25/<hash of the file>` (mtgrpo.models.cache_dir()).
   `wiki-sample` names the small corpus bundled with mtgrpo.
 - pyserini: Pyserini's prebuilt `wikipedia-kilt-doc` Lucene index, as MT-GRPO uses (Java 21, ~10 GB download
-  into ~/.cache/pyserini on first use): pip install "mtgrpo[pyserini]".
+  into $PYSERINI_CACHE, default ~/.cache/pyserini, on first use): pip install "mtgrpo[pyserini]". The download
+  runs once per machine under a file lock (`fetch_pyserini_index`); the other processes wait and open it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -77,7 +79,7 @@ class PyseriniIndex:
                 "apt-get install openjdk-21-jdk-headless, or conda install -c conda-forge openjdk=21). Or use "
                 "search_backend: bm25 with a local search_corpus."
             ) from err
-        self.searcher = LuceneSearcher.from_prebuilt_index(index_name)
+        self.searcher = LuceneSearcher(fetch_pyserini_index(index_name))
 
     def search(self, query: str, k: int) -> list[Document]:
         try:
@@ -90,6 +92,34 @@ class PyseriniIndex:
                 import jnius
 
                 jnius.detach()
+
+
+def pyserini_cache() -> Path:
+    """Where Pyserini keeps its indexes: $PYSERINI_CACHE, or ~/.cache/pyserini as Pyserini itself defaults."""
+    return Path(os.environ.get("PYSERINI_CACHE", Path.home() / ".cache" / "pyserini"))
+
+
+def once_per_machine(name: str, fetch: Callable[[], str], lock_dir: Path | None = None) -> str:
+    """Run `fetch` (a download that returns a path) under an exclusive file lock named `name`: with 8 training
+    processes on a node the first downloads, the others wait and then get the finished path from their own
+    `fetch`, which finds it in place. Without the lock they all download into one directory at once."""
+    from filelock import FileLock
+
+    lock_dir = lock_dir or pyserini_cache()
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_dir / f".{name}.lock")):
+        return fetch()
+
+
+def fetch_pyserini_index(index_name: str = PYSERINI_INDEX) -> str:
+    """Local path of a Pyserini prebuilt index, downloaded into pyserini_cache() once per machine."""
+
+    def download() -> str:
+        from pyserini.util import download_prebuilt_index
+
+        return download_prebuilt_index(index_name, verbose=False)
+
+    return once_per_machine(f"index-{index_name}", download)
 
 
 def build_wiki_search(

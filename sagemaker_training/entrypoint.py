@@ -1,13 +1,17 @@
 """SageMaker container entry point: SM_* variables -> the node launcher (the same one local_training/train.sh uses).
 
     python sagemaker_training/entrypoint.py --recipe-file gsm8k-refine.yaml --checkpoint-dir /opt/ml/checkpoints \
-        [--wandb-secret-id ID] [--hf-secret-id ID] [--dry-run] [--field value ...]
+        [--wandb-secret-id ID] [--hf-secret-id ID] [--generation-node] [--dry-run] [--field value ...]
 
 sagemaker_training/launch.py puts this command in the job. On every instance it reads the host list and this
 host's rank, loads the W&B / HF secrets from Secrets Manager into the process environment (values never
 printed), trains with `--output_dir <checkpoint dir>` so SageMaker syncs checkpoints to S3 (mtgrpo.train resumes
 from the newest complete one after a spot interruption), and on the first host copies the final model to
-SM_MODEL_DIR, which SageMaker uploads as model.tar.gz.
+SM_MODEL_DIR, which SageMaker uploads. Caches (HF, Pyserini, mtgrpo) go to --cache-dir on the instance's large
+volume, never under the checkpoint directory, which SageMaker copies to S3. A recipe with `search_backend:
+pyserini` gets Java 21 (apt-get, when the image lacks it) and its index downloaded once per instance, under a
+file lock, before training starts. With several instances every node saves its own copy of each checkpoint
+(`--save_on_each_node true`), so each also prunes its own disk.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,9 +29,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mtgrpo.checkpoints import latest_checkpoint  # noqa: E402
-from mtgrpo.launcher import detect_gpus, execute, format_plan, plan_launch  # noqa: E402
+from mtgrpo.launcher import _setting, detect_gpus, execute, format_plan, plan_launch  # noqa: E402
+from mtgrpo.recipe_file import read_recipe  # noqa: E402
 
 RESOURCE_CONFIG = "/opt/ml/input/config/resourceconfig.json"
+# On the instance's ML volume (EBS or NVMe, the whole disk) and outside /opt/ml/checkpoints, which is synced to S3.
+DEFAULT_CACHE_DIR = "/opt/ml/input/mtgrpo-cache"
+CACHE_ENV = {"HF_HOME": "huggingface", "PYSERINI_CACHE": "pyserini", "MTGRPO_CACHE": "mtgrpo"}
+JAVA_PACKAGE = "openjdk-21-jdk-headless"
 SECRET_ENV = {"wandb_secret_id": "WANDB_API_KEY", "hf_secret_id": "HF_TOKEN"}
 
 
@@ -110,12 +120,35 @@ def export_final_model(output_dir: str | Path, model_dir: str | Path) -> None:
             shutil.copy2(item, target)
 
 
+def set_caches(cache_dir: str | Path, environ=os.environ) -> dict[str, str]:
+    """Point the HF, Pyserini and mtgrpo caches at `cache_dir` unless the job's environment already chose."""
+    chosen = {name: str(Path(cache_dir) / sub) for name, sub in CACHE_ENV.items() if name not in environ}
+    environ.update(chosen)
+    return chosen
+
+
+def ensure_java(dry_run: bool = False) -> str | None:
+    """Install Java 21 for Pyserini when the image lacks it; return what was (or would be) run, else None."""
+    from mtgrpo.doctor import FAIL, check_java
+
+    if all(check.status != FAIL for check in check_java({"search_backend": "pyserini"})):
+        return None
+    command = f"apt-get update -q && apt-get install -y -q --no-install-recommends {JAVA_PACKAGE}"
+    if not dry_run:
+        subprocess.run(["bash", "-c", command], check=True)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sagemaker_training/entrypoint.py", allow_abbrev=False)
     parser.add_argument("--recipe-file", required=True, help="file name inside the `recipe` channel")
     parser.add_argument("--checkpoint-dir", required=True, help="CheckpointConfig.local_path, synced with S3")
     parser.add_argument("--wandb-secret-id")
     parser.add_argument("--hf-secret-id")
+    parser.add_argument(
+        "--generation-node", action="store_true", help="the last host serves vLLM, the others train"
+    )
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="HF / Pyserini / mtgrpo caches")
     parser.add_argument("--dry-run", action="store_true", help="print what would run; no secrets fetched")
     return parser
 
@@ -129,31 +162,54 @@ def main(argv: list[str] | None = None) -> int:
     if "TRAINING_JOB_NAME" in os.environ:
         os.environ.setdefault("WANDB_RUN_ID", os.environ["TRAINING_JOB_NAME"])
         os.environ.setdefault("WANDB_RESUME", "allow")
-    plan = plan_launch(
-        recipe,
-        num_gpus=cluster.num_gpus,
-        num_nodes=len(cluster.hosts),
-        node_rank=cluster.host_rank,
-        main_address=cluster.main_address,
-        main_port=cluster.main_port,
-        # Last, so it wins over a recipe override: checkpoints must land in the directory SageMaker syncs.
-        train_overrides=[*overrides, "--output_dir", args.checkpoint_dir],
-        log_dir=cluster.log_dir,
-    )
-    resume = latest_checkpoint(args.checkpoint_dir)
+    for name, path in set_caches(args.cache_dir).items():
+        print(f"[entrypoint] {name}={path}", flush=True)
+    # Each host's /opt/ml/checkpoints is its own disk: every node writes its copy (and prunes it).
+    per_node = ["--save_on_each_node", "true"] if len(cluster.hosts) > 1 else []
+    try:
+        pyserini = _setting(read_recipe(recipe), overrides, "search_backend") == "pyserini"
+        plan = plan_launch(
+            recipe,
+            num_gpus=cluster.num_gpus,
+            num_nodes=len(cluster.hosts),
+            node_rank=cluster.host_rank,
+            main_address=cluster.main_address,
+            main_port=cluster.main_port,
+            # Last, so it wins over a recipe override: checkpoints must land in the directory SageMaker syncs.
+            train_overrides=[*per_node, *overrides, "--output_dir", args.checkpoint_dir],
+            log_dir=cluster.log_dir,
+            generation_node=cluster.hosts[-1] if args.generation_node else None,
+        )
+        resume = latest_checkpoint(args.checkpoint_dir, world_size=plan.world_size or None)
+    except (ValueError, FileNotFoundError) as error:  # CheckpointError included
+        print(f"entrypoint: {error}", file=sys.stderr)
+        return 2
     print(f"[entrypoint] {json.dumps(asdict(cluster))}", flush=True)
-    print(f"[entrypoint] resume: {resume or 'none, starting from step 0'}", flush=True)
+    if plan.train is not None:
+        print(f"[entrypoint] resume: {resume or 'none, starting from step 0'}", flush=True)
+    java = ensure_java(dry_run=True) if pyserini and plan.train is not None else None
     if args.dry_run:
         for env_name, secret_id in secret_ids.items():
             print(f"[entrypoint] would set {env_name} from Secrets Manager secret {secret_id}")
+        if java:
+            print(f"# install Java 21 for Pyserini: {java}")
+        if pyserini and plan.train is not None:
+            print(
+                f"# fetch the Pyserini index once on this host (file lock) into {os.environ['PYSERINI_CACHE']}"
+            )
         print(format_plan(plan))
-        if cluster.host_rank == 0:
+        if cluster.host_rank == 0 and plan.train is not None:
             print(f"# then: copy the final model from {args.checkpoint_dir} to {cluster.model_dir}")
         return 0
     for env_name in load_secrets(secret_ids):
         print(f"[entrypoint] {env_name} set from Secrets Manager", flush=True)
+    if pyserini and plan.train is not None:
+        from mtgrpo.search import fetch_pyserini_index
+
+        ensure_java()
+        print(f"[entrypoint] Pyserini index ready at {fetch_pyserini_index()}", flush=True)
     returncode = execute(plan)
-    if returncode == 0 and cluster.host_rank == 0:
+    if returncode == 0 and cluster.host_rank == 0 and plan.train is not None:
         export_final_model(args.checkpoint_dir, cluster.model_dir)
     return returncode
 

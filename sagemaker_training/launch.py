@@ -29,8 +29,11 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_DIR = "/opt/ml/checkpoints"  # SageMaker syncs this directory with CheckpointConfig.s3_uri
-ENTRY_POINT = "python sagemaker_training/entrypoint.py"
+# `exec`: the SDK's sm_train.sh runs this through `eval`; without exec that bash stays the container's first process
+# and swallows the SIGTERM SageMaker sends 120 s before SIGKILL (stop, spot reclaim), so nothing could save.
+ENTRY_POINT = "exec python sagemaker_training/entrypoint.py"
 REQUIREMENTS = "sagemaker_training/requirements.txt"
+PYSERINI_REQUIREMENTS = "sagemaker_training/requirements-pyserini.txt"  # search_backend: pyserini recipes
 # The PyTorch training DLC the SDK resolves; the requirements then install mtgrpo with its vLLM/DeepSpeed pins.
 IMAGE_FRAMEWORK, IMAGE_VERSION, IMAGE_PY = "pytorch", "2.10", "py313"
 DRY_RUN_ACCOUNT = "000000000000"
@@ -44,6 +47,7 @@ ALWAYS_IGNORED = [
     ".cache",
     ".ipynb_checkpoints",
     "wandb",
+    ".deepspeed_env",  # accelerate's pdsh launcher writes the whole environment, tokens included, here
 ]
 
 
@@ -66,6 +70,10 @@ class JobOptions:
     wandb_secret_id: str | None = None
     hf_secret_id: str | None = None
     base_job_name: str | None = None
+    # Multi-GB models: GZIP makes the upload (and every download) slow; NONE uploads the files of SM_MODEL_DIR
+    # as they are, under <output path>/<job>/output/model/.
+    compress_output: bool = False
+    generation_node: bool = False  # the last instance serves vLLM on all its GPUs, the others train
     overrides: list[str] = field(default_factory=list)
 
 
@@ -94,6 +102,10 @@ def validate(options: JobOptions) -> None:
         gpu = ", ".join(t for t in valid if t.startswith(("ml.p4", "ml.p5")))
         raise ValueError(
             f"{options.instance_type!r} is not a SageMaker training instance type. GPU choices: {gpu}."
+        )
+    if options.generation_node and options.instance_count < 2:
+        raise ValueError(
+            "--generation-node puts vLLM on an instance of its own and needs --instance-count 2 or more."
         )
     if options.spot and options.max_wait_hours < options.max_run_hours:
         raise ValueError(
@@ -136,9 +148,25 @@ def _split_s3(uri: str) -> tuple[str, str | None]:
     return match.group(1), match.group(2).strip("/") or None
 
 
+def requirements_for(options: JobOptions) -> str:
+    """The requirements file the container installs: Pyserini only for the recipes that search with it."""
+    import yaml
+
+    recipe = yaml.safe_load(Path(options.recipe).read_text()) or {}
+    backend = recipe.get("search_backend")
+    for i, token in enumerate(options.overrides):
+        if token == "--search_backend" and i + 1 < len(options.overrides):
+            backend = options.overrides[i + 1]
+        elif token.startswith("--search_backend="):
+            backend = token.split("=", 1)[1]
+    return PYSERINI_REQUIREMENTS if backend == "pyserini" else REQUIREMENTS
+
+
 def entry_point_args(options: JobOptions) -> list[str]:
     """Arguments of sagemaker_training/entrypoint.py: ids of secrets only, never their values."""
     args = ["--recipe-file", Path(options.recipe).name, "--checkpoint-dir", CHECKPOINT_DIR]
+    if options.generation_node:
+        args += ["--generation-node"]
     if options.wandb_secret_id:
         args += ["--wandb-secret-id", options.wandb_secret_id]
     if options.hf_secret_id:
@@ -153,6 +181,7 @@ def build_model_trainer(options: JobOptions, sagemaker_session):
         CheckpointConfig,
         Compute,
         InputData,
+        OutputDataConfig,
         SourceCode,
         StoppingCondition,
     )
@@ -175,7 +204,7 @@ def build_model_trainer(options: JobOptions, sagemaker_session):
         training_image=image,
         source_code=SourceCode(
             source_dir=str(REPO_ROOT),
-            requirements=REQUIREMENTS,
+            requirements=requirements_for(options),
             command=ENTRY_POINT,
             args=entry_point_args(options),
             ignore_patterns=_ignore_patterns(),
@@ -193,6 +222,8 @@ def build_model_trainer(options: JobOptions, sagemaker_session):
         # s3_uri None: the SDK uses <bucket>/<prefix>/<base job name>/<job name>/checkpoints, stable across the
         # spot restarts of one job, which is what resuming needs.
         checkpoint_config=CheckpointConfig(s3_uri=options.checkpoint_s3_uri, local_path=CHECKPOINT_DIR),
+        # s3_output_path None: the SDK's default <bucket>/<prefix>/<base job name>.
+        output_data_config=OutputDataConfig(compression_type="GZIP" if options.compress_output else "NONE"),
         input_data_config=[InputData(channel_name="recipe", data_source=str(Path(options.recipe).resolve()))],
     )
 
@@ -305,6 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wandb-secret-id", help="Secrets Manager id of the W&B API key")
     parser.add_argument("--hf-secret-id", help="Secrets Manager id of the Hugging Face token")
     parser.add_argument("--base-job-name")
+    parser.add_argument(
+        "--compress-output",
+        action="store_true",
+        help="upload the model as model.tar.gz (default: uncompressed files, faster for multi-GB models)",
+    )
+    parser.add_argument(
+        "--generation-node",
+        action="store_true",
+        help="the last instance serves vLLM on all its GPUs (data parallel), the others train on all theirs",
+    )
     parser.add_argument("--wait", action="store_true", help="stream the job's logs until it ends")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the CreateTrainingJob request, send nothing"
@@ -330,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         wandb_secret_id=args.wandb_secret_id,
         hf_secret_id=args.hf_secret_id,
         base_job_name=args.base_job_name,
+        compress_output=args.compress_output,
+        generation_node=args.generation_node,
         overrides=overrides,
     )
     try:

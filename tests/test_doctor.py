@@ -149,3 +149,22 @@ def test_credentials_found_but_never_printed(tmp_path):
     )
     assert f"found in {netrc}" in run.stdout
     assert WANDB_SECRET not in run.stdout + run.stderr
+
+
+def test_disk_estimate_scales_with_model_size_and_kept_checkpoints(tmp_path):
+    # A 7B ZeRO-3 run keeping 3 checkpoints needs hundreds of GiB, not the flat 50 GiB asked before.
+    big = yaml.safe_load((REPO / "recipes/qwen2.5-7b/triviaqa-search.yaml").read_text())
+    need, why = doctor.required_disk_gb(big)
+    assert need > 300 and "3 kept checkpoints" in why
+    assert doctor.required_disk_gb({**big, "save_total_limit": 1})[0] < need / 2
+    assert doctor.required_disk_gb({**big, "model_name_or_path": "Qwen/Qwen2.5-1.5B-Instruct"})[0] < need / 3
+    check = doctor.check_disk({**big, "output_dir": str(tmp_path / "out")})
+    free = doctor.shutil.disk_usage(tmp_path).free / 2**30
+    assert (check.status == doctor.FAIL) == (free < need)
+    if check.status == doctor.FAIL:
+        assert "save_total_limit" in check.fix and "kept checkpoints" in check.detail
+    # A local model directory is measured by its weight files (16-bit: 2 bytes per parameter).
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"\0" * 2_000_000)
+    assert doctor.model_parameters({"model_name_or_path": str(model)}) == 1_000_000

@@ -49,6 +49,8 @@ def test_one_node_eight_gpus(monkeypatch):
     server = plan.server.argv
     assert plan.server.env == {"CUDA_VISIBLE_DEVICES": "0", "VLLM_SERVER_DEV_MODE": "1"}
     assert server[server.index("serve") + 1] == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert _after(server, "--host") == "127.0.0.1"  # the unauthenticated weight-update routes stay local
+    assert "--revision" not in server
     assert _after(server, "--port") == "8000"
     assert _after(server, "--tensor-parallel-size") == "1"
     assert _after(server, "--max-model-len") == "4096"
@@ -59,7 +61,10 @@ def test_one_node_eight_gpus(monkeypatch):
     assert plan.server_log == "runs/test-gpu-server/logs/vllm-server.log"
 
     train = plan.train.argv
-    assert plan.train.env == {"CUDA_VISIBLE_DEVICES": "1,2,3,4,5,6,7"}
+    assert plan.train.env == {
+        "CUDA_VISIBLE_DEVICES": "1,2,3,4,5,6,7",
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "100",
+    }
     assert train[1:3] == ["-m", "accelerate.commands.launch"]
     assert _after(train, "--config_file").endswith("local_training/zero3.yaml")
     assert _after(train, "--num_processes") == "7"
@@ -87,10 +92,16 @@ def test_two_nodes_eight_gpus(monkeypatch, rank):
     assert _after(train, "--main_process_ip") == "10.0.0.1"
     assert _after(train, "--main_process_port") == "29500"
     assert _after(train, "--config_file").endswith("local_training/zero3_multinode.yaml")
-    assert _after(train, "--vllm_server_host") == "10.0.0.1"
-    assert plan.train.env == {"CUDA_VISIBLE_DEVICES": "1,2,3,4,5,6,7"}
-    assert plan.health_url == "http://10.0.0.1:8000/health"  # rank 1 waits for the main node's server
+    # Only global rank 0 (on node 0) talks to vLLM: the server listens on loopback, nothing else reaches it.
+    assert _after(train, "--vllm_server_host") == "127.0.0.1"
+    assert plan.train.env["CUDA_VISIBLE_DEVICES"] == "1,2,3,4,5,6,7"
     assert (plan.server is not None) == (rank == 0)
+    if rank == 0:
+        assert _after(plan.server.argv, "--host") == "127.0.0.1"
+        assert plan.health_url == "http://127.0.0.1:8000/health" and plan.peer is None
+    else:  # rank 1 waits for, then watches, the main node's rendezvous instead of its (private) server
+        assert plan.health_url is None and plan.peer == "10.0.0.1:29500"
+    assert plan.world_size == 14
 
 
 def test_cpu_only_runs_train_directly_without_vllm(monkeypatch):
@@ -215,7 +226,8 @@ def test_cli_dry_run_second_node_and_train_sh():
     (train,) = _command_lines(out)  # no server on rank 1
     assert _after(train, "--machine_rank") == "1"
     assert _after(train, "--main_process_ip") == "10.0.0.1"
-    assert "GET http://10.0.0.1:8000/health" in out
+    assert "main node's rendezvous 10.0.0.1:29500" in out
+    assert "stop training if 10.0.0.1:29500 stays unreachable" in out
 
 
 def test_cli_dry_run_cpu_and_errors():
@@ -389,3 +401,113 @@ def test_signal_stops_training_and_server(fake_server, tmp_path, sig):
         if launcher.poll() is None:
             launcher.kill()
     _assert_gone(train_pid, *map(int, pidfile.read_text().split()))
+
+
+# --- vLLM layouts, DeepSpeed's env file, exit codes, the peer watch -----------------------------------------
+
+
+def test_model_revision_reaches_vllm(monkeypatch):
+    monkeypatch.chdir(REPO)
+    plan = plan_launch(GPU_RECIPE, num_gpus=8, train_overrides=["--model_revision", "0123abc"])
+    assert _after(plan.server.argv, "--revision") == "0123abc"
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_dedicated_generation_node(monkeypatch, rank):
+    monkeypatch.chdir(REPO)
+    plan = plan_launch(
+        GPU_RECIPE, num_gpus=8, num_nodes=3, node_rank=rank, main_address="10.0.0.1",
+        generation_node="10.0.0.3", train_overrides=["--vllm_tensor_parallel_size", "2"],
+    )  # fmt: skip
+    if (
+        rank == 2
+    ):  # the generation node: vLLM on all 8 GPUs (4 x TP 2), reachable by the trainers, no training
+        assert plan.train is None
+        server = plan.server.argv
+        assert plan.server.env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
+        assert (_after(server, "--tensor-parallel-size"), _after(server, "--data-parallel-size")) == (
+            "2",
+            "4",
+        )
+        assert _after(server, "--host") == "0.0.0.0"
+        assert plan.peer == "10.0.0.1:29500"  # it stops when the training nodes are gone
+        return
+    train = plan.train.argv
+    assert plan.server is None and plan.train.env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
+    assert (_after(train, "--num_processes"), _after(train, "--num_machines")) == ("16", "2")
+    assert _after(train, "--machine_rank") == str(rank)
+    assert _after(train, "--vllm_server_host") == "10.0.0.3"
+    assert plan.health_url == "http://10.0.0.3:8000/health"
+    assert plan.world_size == 16
+
+
+def test_generation_node_cli_dry_run_and_errors():
+    args = [sys.executable, "-m", "mtgrpo.launcher", GPU_RECIPE, "--num-gpus", "8", "--num-nodes", "2",
+            "--main-address", "10.0.0.1", "--generation-node", "10.0.0.2", "--dry-run"]  # fmt: skip
+    out = subprocess.run([*args, "--node-rank", "1"], cwd=REPO, env=SUBPROCESS_ENV, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    (server,) = _command_lines(out)
+    assert "--data-parallel-size" in server and "generation node" in out
+    assert "serve until the training nodes' rendezvous 10.0.0.1:29500 goes away" in out
+    bad = subprocess.run([*args[:-3], "--generation-node", "10.0.0.2", "--num-nodes", "1", "--dry-run"],
+                         cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "--num-nodes >= 2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_multinode_deepspeed_never_writes_the_environment_to_disk(monkeypatch):
+    """accelerate writes every variable (HF_TOKEN, WANDB_API_KEY...) to ./.deepspeed_env when a multi-node
+    DeepSpeed launch uses any launcher but `standard`; the ZeRO YAMLs do not name one, so it defaulted to pdsh."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.constants import DEEPSPEED_MULTINODE_LAUNCHERS
+
+    monkeypatch.chdir(REPO)
+    for config in ("zero2.yaml", "zero3.yaml", "zero3_multinode.yaml"):
+        argv = plan_launch(
+            GPU_RECIPE, num_gpus=8, num_nodes=2, node_rank=1, main_address="10.0.0.1",
+            accelerate_config=f"local_training/{config}",
+        ).train.argv  # fmt: skip
+        args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv[3:]))
+        # The exact condition under which accelerate's deepspeed_launcher opens .deepspeed_env:
+        writes_env_file = (
+            args.num_machines > 1 and args.deepspeed_multinode_launcher != DEEPSPEED_MULTINODE_LAUNCHERS[1]
+        )
+        assert not writes_env_file, config
+
+
+def test_main_node_death_is_detected_fast(tmp_path):
+    """Two nodes simulated by processes: a listener stands in for the main node's rendezvous store, the
+    launcher of node 1 runs a training child that would wait forever (as NCCL would, for 30 minutes)."""
+    main_node = subprocess.Popen(
+        [sys.executable, "-c",
+         "import socket, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+         "s.bind(('127.0.0.1', 0)); s.listen(); print(s.getsockname()[1], flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    port = int(main_node.stdout.readline())
+    train_pidfile = tmp_path / "train.pid"
+    training = f"import os, time; open({str(train_pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    runner = textwrap.dedent(
+        f"""
+        import sys
+        from mtgrpo.launcher import Command, LaunchPlan, execute
+        plan = LaunchPlan(train=Command([sys.executable, "-c", {training!r}]), peer="127.0.0.1:{port}")
+        sys.exit(execute(plan, peer_timeout=2, poll_interval=0.5))
+        """
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", runner], env=SUBPROCESS_ENV, cwd=REPO,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        train_pid = int(_wait_for_file(train_pidfile))
+        time.sleep(1.5)
+        assert launcher.poll() is None  # the main node answers: keep training
+        main_node.kill()
+        died = time.monotonic()
+        _, err = launcher.communicate(timeout=60)
+        assert launcher.returncode == 1
+        assert time.monotonic() - died < 30
+        assert "main node (rank 0) has stopped or died" in err and "NCCL timeout" in err
+    finally:
+        for process in (launcher, main_node):
+            if process.poll() is None:
+                process.kill()
+    _assert_gone(train_pid)

@@ -91,6 +91,8 @@ def _assert_job_request(request, instance_type="ml.p4d.24xlarge", count=2):
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 36000, "MaxWaitTimeInSeconds": 72000}
     assert request["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
+    # Multi-GB models upload as plain files; GZIP would take longer than some trainings.
+    assert request["OutputDataConfig"]["CompressionType"] == "NONE"
     assert request["CheckpointConfig"]["S3Uri"].startswith("s3://mtgrpo-test-bucket/jobs/")
     assert request["CheckpointConfig"]["S3Uri"].endswith(f"/{request['TrainingJobName']}/checkpoints")
     assert "pytorch-training" in request["AlgorithmSpecification"]["TrainingImage"]
@@ -113,7 +115,8 @@ def test_dry_run_cli_offline_without_credentials():
     _assert_job_request(request)
     assert WANDB_VALUE not in run.stderr and HF_VALUE not in run.stderr
     container = run.stderr.split("# container runs (from the code channel): ")[1].splitlines()[0]
-    assert shlex.split(container)[2:] == [
+    assert shlex.split(container)[:3] == ["exec", "python", "sagemaker_training/entrypoint.py"]
+    assert shlex.split(container)[3:] == [
         "--recipe-file", "gpu-server.yaml", "--checkpoint-dir", "/opt/ml/checkpoints",
         "--wandb-secret-id", "mtgrpo/wandb", "--hf-secret-id", "mtgrpo/hf", "--learning_rate", "1.0e-06",
     ]  # fmt: skip
@@ -260,10 +263,10 @@ def test_entrypoint_loads_secrets_into_the_environment(aws, monkeypatch):
 # --- the container entry point ------------------------------------------------------------------------------
 
 
-def _sm_environment(tmp_path, hosts, current):
+def _sm_environment(tmp_path, hosts, current, recipe_text=None):
     recipe_dir = tmp_path / "input/data/recipe"
     recipe_dir.mkdir(parents=True)
-    (recipe_dir / "gpu-server.yaml").write_text(RECIPE.read_text())
+    (recipe_dir / "gpu-server.yaml").write_text(recipe_text or RECIPE.read_text())
     return {
         "SM_HOSTS": json.dumps(hosts),
         "SM_CURRENT_HOST": current,
@@ -279,7 +282,7 @@ def _sm_environment(tmp_path, hosts, current):
     }
 
 
-def _run_entrypoint(tmp_path, hosts, current):
+def _run_entrypoint(tmp_path, hosts, current, *extra, recipe_text=None):
     checkpoints = tmp_path / "checkpoints"
     for step, complete in ((5, True), (10, False)):  # checkpoint-10 was cut off by a spot interruption
         path = checkpoints / f"checkpoint-{step}"
@@ -289,11 +292,13 @@ def _run_entrypoint(tmp_path, hosts, current):
         if complete:
             (path / "trainer_state.json").write_text("{}")
     args = [sys.executable, "sagemaker_training/entrypoint.py", "--recipe-file", "gpu-server.yaml",
-            "--checkpoint-dir", str(checkpoints), "--wandb-secret-id", "mtgrpo/wandb", "--dry-run",
+            "--checkpoint-dir", str(checkpoints), "--wandb-secret-id", "mtgrpo/wandb", "--dry-run", *extra,
             "--learning_rate", "1.0e-06"]  # fmt: skip
+    environment = _sm_environment(tmp_path, hosts, current, recipe_text)
     run = subprocess.run(
-        args, cwd=REPO, env=_env(**_sm_environment(tmp_path, hosts, current)), capture_output=True, text=True
-    )
+        args, cwd=REPO, env=_env(**environment, HF_HOME=None, PYSERINI_CACHE=None, MTGRPO_CACHE=None),
+        capture_output=True, text=True,
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert WANDB_VALUE not in run.stdout + run.stderr
     commands = [
@@ -320,9 +325,10 @@ def test_entrypoint_dry_run_two_hosts(tmp_path):
     value = lambda flag: train[train.index(flag) + 1]  # noqa: E731
     assert (value("--num_processes"), value("--num_machines"), value("--machine_rank")) == ("14", "2", "1")
     assert (value("--main_process_ip"), value("--main_process_port")) == ("algo-1", "7777")
-    assert value("--vllm_server_host") == "algo-1"
+    assert value("--vllm_server_host") == "127.0.0.1"  # only rank 0, on algo-1, talks to its own server
     assert value("--output_dir") == str(checkpoints)
-    assert "GET http://algo-1:8000/health" in out
+    assert value("--save_on_each_node") == "true"  # each host's disk holds (and prunes) its own copy
+    assert "main node's rendezvous algo-1:7777" in out
     assert "copy the final model" not in out  # only the first host exports the model
 
 
@@ -347,3 +353,74 @@ def test_export_final_model_leaves_checkpoints_behind(tmp_path):
     model.mkdir()
     entrypoint.export_final_model(output, model)
     assert sorted(p.name for p in model.iterdir()) == ["model.safetensors", "tokenizer"]
+
+
+# --- production runs: caches, Pyserini, the generation node, uncompressed output, the notebook ----------------
+
+
+def test_entrypoint_caches_on_the_big_volume_and_pyserini_prepared(tmp_path):
+    recipe = RECIPE.read_text() + "search_backend: pyserini\n"
+    out, (server, train), checkpoints = _run_entrypoint(
+        tmp_path, ["algo-1"], "algo-1", "--cache-dir", "/opt/ml/input/mtgrpo-cache", recipe_text=recipe
+    )
+    assert "[entrypoint] HF_HOME=/opt/ml/input/mtgrpo-cache/huggingface" in out
+    assert "PYSERINI_CACHE=/opt/ml/input/mtgrpo-cache/pyserini" in out
+    assert str(checkpoints) not in out.split("PYSERINI_CACHE=")[1].splitlines()[0]
+    assert "fetch the Pyserini index once on this host (file lock)" in out
+    assert out.index("Pyserini index") < out.index("# 1. vLLM server")  # before anything starts
+    assert "--save_on_each_node" not in train  # one host: nothing to copy
+
+
+def test_pyserini_recipe_installs_pyserini():
+    pytest.importorskip("yaml")
+    pyserini = REPO / "recipes/qwen2.5-7b/triviaqa-search.yaml"
+    assert launch.requirements_for(_options(recipe=str(pyserini))) == launch.PYSERINI_REQUIREMENTS
+    assert launch.requirements_for(_options()) == launch.REQUIREMENTS
+    assert (
+        launch.requirements_for(_options(overrides=["--search_backend", "pyserini"]))
+        == launch.PYSERINI_REQUIREMENTS
+    )
+    text = (REPO / launch.PYSERINI_REQUIREMENTS).read_text()
+    assert "pyserini" in text.split("-e .[")[1]
+
+
+@pytest.mark.parametrize("current", ["algo-1", "algo-2", "algo-3"])
+def test_entrypoint_generation_node(tmp_path, current):
+    out, commands, _ = _run_entrypoint(tmp_path, ["algo-1", "algo-2", "algo-3"], current, "--generation-node")
+    if current == "algo-3":  # the last host serves vLLM on all 8 GPUs and trains nothing
+        (server,) = commands
+        assert server[0] == "CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7" and "--data-parallel-size" in server
+        assert "resume:" not in out and "copy the final model" not in out
+        return
+    (train,) = commands
+    value = lambda flag: train[train.index(flag) + 1]  # noqa: E731
+    assert (value("--num_processes"), value("--num_machines")) == ("16", "2")
+    assert value("--vllm_server_host") == "algo-3"
+    assert ("copy the final model" in out) == (current == "algo-1")
+
+
+def test_generation_node_needs_two_instances():
+    pytest.importorskip("botocore")
+    with pytest.raises(ValueError, match="--instance-count 2"):
+        launch.validate(_options(instance_count=1, generation_node=True))
+
+
+def test_deepspeed_env_file_is_never_uploaded():
+    assert ".deepspeed_env" in launch._ignore_patterns()
+
+
+def test_notebook_stays_online_for_a_real_account(tmp_path):
+    """The setup cells of the SageMaker notebook, run as Jupyter runs them, without the moto switch: the
+    evaluation at the end reads hub datasets, so the notebook must not switch the hub off."""
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("sagemaker")
+    nb = nbformat.read(REPO / "notebooks/launch_sagemaker_job.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"][:2]  # parameters, setup
+    probe = "\n".join([*code, "print('HF_HUB_OFFLINE=' + os.environ.get('HF_HUB_OFFLINE', 'unset'))"])
+    for mock, expected in (("0", "unset"), ("1", "1")):
+        run = subprocess.run(
+            [sys.executable, "-c", probe], cwd=REPO / "notebooks", capture_output=True, text=True,
+            env=_env(HF_HUB_OFFLINE=None, MTGRPO_NOTEBOOK_MOCK_AWS=mock),
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert f"HF_HUB_OFFLINE={expected}" in run.stdout

@@ -91,3 +91,45 @@ def test_pyserini_without_java_or_package_says_how_to_get_them():
     # On this machine one of the two is missing; either way the error names pyserini and the fix.
     with pytest.raises((RuntimeError, ImportError), match=r"(?s)pyserini.*(openjdk|pip install)"):
         build_wiki_search("pyserini")
+
+
+def test_index_download_runs_once_per_machine(tmp_path):
+    """Four real processes race for the Pyserini index as training processes do; the download (a stand-in:
+    the real one is ~10 GB and needs Java) must run once, and every process must get the finished index."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    worker = textwrap.dedent(
+        f"""
+        import os, time
+        from pathlib import Path
+        from mtgrpo.search import once_per_machine
+
+        index = Path({str(tmp_path / "index")!r})
+
+        def download():
+            if not (index / "done").is_file():
+                with open({str(tmp_path / "downloads.log")!r}, "a") as log:
+                    log.write(f"{{os.getpid()}}\\n")
+                index.mkdir(exist_ok=True)
+                time.sleep(1.0)  # a long download that another process must not start beside
+                (index / "done").write_text("ok")
+            return str(index)
+
+        path = once_per_machine("index-test", download, lock_dir=Path({str(tmp_path)!r}))
+        print((Path(path) / "done").read_text())
+        """
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", worker], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4
+    assert all(out.strip() == "ok" for out in outputs)
+    assert len((tmp_path / "downloads.log").read_text().splitlines()) == 1
