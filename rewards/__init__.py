@@ -8,6 +8,7 @@ Each function's ``__name__`` is its registry name, which TRL logs as ``rewards/<
 from collections.abc import Callable
 
 from ._text import completion_text
+from .code_exec import code_all_tests_passed, code_tests_passed, extract_program, make_code_reward
 from .math_answer import extract_final_answer, format_reward, last_boxed, math_answer_correct
 from .triviaqa import (
     triviaqa_answer_contains,
@@ -33,15 +34,21 @@ REWARD_FUNCS: dict[str, Callable] = {
         triviaqa_f1,
         triviaqa_xml_format,
         triviaqa_tag_count,
+        code_tests_passed,
+        code_all_tests_passed,
     )
 }
 
 __all__ = [
     "REWARD_FUNCS",
+    "code_all_tests_passed",
+    "code_tests_passed",
     "completion_text",
     "extract_final_answer",
+    "extract_program",
     "format_reward",
     "last_boxed",
+    "make_code_reward",
     "math_answer_correct",
     "triviaqa_answer_contains",
     "triviaqa_answer_mentioned",

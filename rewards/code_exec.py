@@ -1,0 +1,123 @@
+"""Code rewards: run the completion's program against the task's hidden tests in the sandbox (rewards/sandbox.py).
+
+>>> code_tests_passed(["```python\\ndef add(a, b):\\n    return a + b\\n```"], tests=[["assert add(1, 2) == 3"]])
+[1.0]
+
+  code_tests_passed      share of the tests that pass, in [0, 1]
+  code_all_tests_passed  1.0 only when every test passes (the all-or-nothing switch: name it in the recipe)
+
+Dataset columns (mbpp and humaneval schemas, mtgrpo/code_data.py):
+  tests          list[str]: hidden tests, each a snippet (usually one assert) run after the program; they score
+  visible_tests  list[str]: the tests the prompt shows; run these, never `tests`, for feedback a model reads
+  setup_code     str (optional): run before the program in its namespace (imports the prompt or tests rely on)
+  entry_point    str (optional): the function the tests call; only for transcripts and prompts
+
+Both rewards log code/pass_rate (share of programs passing every test), code/timeout_rate and
+code/syntax_error_rate through TRL's ``log_metric``, and each completion's failure reason as the ``code_reason``
+column of the completions table through ``log_extra`` (when the trainer provides them). Two code rewards over the
+same batch execute each program once (the sandbox caches results).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from ._text import completion_text
+from .sandbox import ExecutionResult, Program, SandboxLimits, run_programs
+
+# A fenced block: ```python / ```py / ```python3 / bare ```, closed by ``` or cut off by the end of the text.
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = {"python", "py", "python3"}
+
+
+def extract_program(text: str) -> str:
+    """The program in a completion: the last ```python block, else the last fenced block, else the text itself.
+
+    The last block, because models write the solution and then refine or restate it (and the refine turn's
+    corrected program is the last one). A block cut off by the length limit is taken up to the end of the text.
+    Returns "" when there is nothing but whitespace.
+    """
+    if not isinstance(text, str):
+        return ""
+    blocks = _FENCE.findall(text)
+    python = [body for tag, body in blocks if tag.lower() in _PYTHON_TAGS]
+    if python:
+        return python[-1].strip("\n")
+    if blocks:
+        return blocks[-1][1].strip("\n")
+    return text.strip("\n") if text.strip() else ""
+
+
+def code_metrics(results: Sequence[ExecutionResult]) -> dict[str, float]:
+    """code/pass_rate, code/timeout_rate and code/syntax_error_rate over a batch of results."""
+    n = len(results) or 1
+    return {
+        "code/pass_rate": sum(r.reason == "passed" for r in results) / n,
+        "code/timeout_rate": sum(r.reason == "timeout" for r in results) / n,
+        "code/syntax_error_rate": sum(r.reason == "syntax_error" for r in results) / n,
+    }
+
+
+def execute_completions(
+    completions: Sequence,
+    tests: Sequence[Sequence[str]],
+    setup_code: Sequence[str | None] | None = None,
+    *,
+    limits: SandboxLimits | None = None,
+    max_workers: int | None = None,
+    require_tests: bool = True,
+) -> list[ExecutionResult]:
+    """Extract each completion's program and run it against its row's tests (completions with no code are not run).
+
+    For a feedback turn pass the rows' ``visible_tests`` and ``require_tests=False``: a task with no visible test
+    still shows its syntax and runtime errors. Rewards keep ``require_tests``: a row without tests is a data bug.
+    """
+    setup_code = setup_code if setup_code is not None else [""] * len(completions)
+    programs = [extract_program(completion_text(c)) for c in completions]
+    rows = list(zip(programs, tests, setup_code, strict=True))
+    for i, (_, row_tests, _) in enumerate(rows):
+        if require_tests and not row_tests:
+            raise ValueError(
+                f"Row {i} has no tests: code rewards need a non-empty `tests` column (dataset_schema mbpp or "
+                "humaneval, or a list of assert strings per row)."
+            )
+    to_run = [Program(code, tuple(t), s or "") for code, t, s in rows if code]
+    ran = iter(run_programs(to_run, limits=limits, max_workers=max_workers))
+    return [
+        next(ran)
+        if code
+        else ExecutionResult("no_code", 0, len(t), "No code found in the response.", (False,) * len(t))
+        for code, t, _ in rows
+    ]
+
+
+def make_code_reward(
+    name: str,
+    *,
+    all_or_nothing: bool = False,
+    limits: SandboxLimits | None = None,
+    max_workers: int | None = None,
+) -> Callable:
+    """A reward named ``name``: the share of tests passed, or 1.0/0.0 with ``all_or_nothing``."""
+
+    def reward(completions, tests, setup_code=None, log_metric=None, log_extra=None, **kwargs) -> list[float]:
+        results = execute_completions(completions, tests, setup_code, limits=limits, max_workers=max_workers)
+        if log_metric is not None:
+            for metric, value in code_metrics(results).items():
+                log_metric(metric, value)
+        if log_extra is not None:
+            log_extra("code_reason", [r.reason for r in results])
+        return [float(r.all_passed) if all_or_nothing else r.fraction for r in results]
+
+    reward.__name__ = reward.__qualname__ = name
+    reward.__doc__ = (
+        f"{'1.0 when every hidden test passes, else 0.0' if all_or_nothing else 'Share of the hidden tests passed'}"
+        " by the completion's program, run in the sandbox."
+    )
+    reward.reward_level = "outcome"
+    return reward
+
+
+code_tests_passed = make_code_reward("code_tests_passed")
+code_all_tests_passed = make_code_reward("code_all_tests_passed", all_or_nothing=True)
