@@ -70,7 +70,7 @@ def evaluate(
         for start in range(0, len(dataset), batch_size):
             rows = dataset.select(range(start, min(start + batch_size, len(dataset))))
             prompt_ids = chat.prompt_ids(rows["prompt"], tools=tools)
-            rollouts = run_episodes(episode, prompt_ids, greedy, chat, num_generations=1)
+            rollouts = run_episodes(episode, prompt_ids, greedy, chat, num_generations=1, rows=list(rows))
             correct = _judge(episode, rollouts, rows, correctness_fn)
             batch = [_record(episode, rows[b], rollout, correct[b]) for b, rollout in enumerate(rollouts)]
             if num_samples:
@@ -79,7 +79,8 @@ def evaluate(
                 for first in range(0, len(rows), per_chunk):
                     chunk = rows.select(range(first, min(first + per_chunk, len(rows))))
                     repeated = [p for p in prompt_ids[first : first + len(chunk)] for _ in range(num_samples)]
-                    samples = run_episodes(episode, repeated, sampled, chat, num_samples)
+                    repeated_rows = [row for row in chunk for _ in range(num_samples)]
+                    samples = run_episodes(episode, repeated, sampled, chat, num_samples, rows=repeated_rows)
                     flags = _judge(episode, samples, chunk, correctness_fn, repeat=num_samples)
                     for b in range(len(chunk)):
                         batch[first + b]["samples"] = flags[b * num_samples : (b + 1) * num_samples]

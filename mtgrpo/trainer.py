@@ -77,6 +77,7 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
         self.generation_calls = 0  # generation calls made by this process (benchmarks and tests read it)
         self._rollouts = None
         self._scored_rewards = None
+        self._batch_rows = None
 
     # ---- rollout -------------------------------------------------------------------------------------------
 
@@ -109,6 +110,8 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
             self.chat_turns,
             self._num_generations(),
             max_over_processes=self._max_over_processes,
+            # The batch's dataset rows (e.g. a code task's visible tests), in the order TRL passes their prompts.
+            rows=self._batch_rows if self._batch_rows is not None and len(self._batch_rows) == len(prompts) else None,
         )
         has_logprobs = any(seg.logprobs is not None for r in self._rollouts for seg in r.segments)
         return {
@@ -174,7 +177,11 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
             del self._log_metric, self._log_completion_extra  # back to the class's bound methods
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
+        self._batch_rows = inputs  # TRL's rollout hook gets only the prompts; episodes may need the rows
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._batch_rows = None
         mode = "train" if self.model.training else "eval"
         device = self.accelerator.device
         rewards = self._weighted_rewards(device)

@@ -102,8 +102,10 @@ class Episode(Protocol):
     def metrics(self, rollouts: list[Rollout]) -> dict[str, list[float]]:
         """Values whose mean over every process is logged under each name."""
 
-    # Optional hooks (see tool.py): `bind(chat: ChatTurns)` gives an episode the tokenizer before its first turn;
-    # `reward_kwargs(rollouts) -> dict[str, list]` adds per-episode columns to the reward functions' kwargs.
+    # Optional hooks (see tool.py, refine.py): `bind(chat: ChatTurns)` gives an episode the tokenizer before its first
+    # turn; `prepare_turn(rollouts, turn_index)` runs batched work (e.g. executing turn-1 programs) once before each
+    # turn's `next_turn` calls; `reward_kwargs(rollouts) -> dict[str, list]` adds per-episode columns to the reward
+    # functions' kwargs. Each rollout's dataset row (when the caller has it) is `rollout.state["row"]`.
 
 
 def run_episodes(
@@ -113,6 +115,7 @@ def run_episodes(
     chat: ChatTurns,
     num_generations: int,
     max_over_processes: Callable[[int], int] = lambda count: count,
+    rows: Sequence[dict] | None = None,
 ) -> list[Rollout]:
     """Run all episodes turn by turn; each turn is ONE batched `generate` call over the unfinished rollouts.
 
@@ -126,12 +129,19 @@ def run_episodes(
     count over all processes (a collective; identity on one process); a process with fewer unfinished episodes
     pads its call with throwaway contexts whose outputs are dropped, and the loop ends on every process together
     when no process has an unfinished episode, so the number of calls is identical on every rank.
+
+    `rows`: the dataset row of each prompt (e.g. a code task's visible tests), kept as `rollout.state["row"]`.
     """
     rollouts = [Rollout(prompt_ids=list(p)) for p in prompt_ids]
+    if rows is not None:
+        for rollout, row in zip(rollouts, rows, strict=True):
+            rollout.state["row"] = row
     if hasattr(episode, "bind"):
         episode.bind(chat)  # e.g. the tool episode decodes turns to cut them after a tool call
     turn_index = 0
     while True:
+        if hasattr(episode, "prepare_turn"):
+            episode.prepare_turn([r for r in rollouts if not r.done], turn_index)
         specs = {i: episode.next_turn(r, turn_index) for i, r in enumerate(rollouts) if not r.done}
         active = [i for i, spec in specs.items() if spec is not None]
         for i, spec in specs.items():

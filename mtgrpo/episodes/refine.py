@@ -15,11 +15,16 @@ Named settings:
     turn copying the first (a warning is logged).
 A term with a zero weight is left out, so an unscorable turn (reward NaN) only affects the advantages that use
 it; where r1 or rf is unscorable the improvement bonus is 0.
+
+Code tasks (rows with a `visible_tests` column, dataset_schema mbpp / humaneval): before the feedback turn, the
+turn-1 program runs in the code sandbox against the task's VISIBLE tests only (hidden tests score, never shown),
+and the execution report opens the feedback turn's message, whoever writes the feedback (MLMT-RL appends the
+sandbox errors of the first program in the same way).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -76,8 +81,33 @@ class RefineEpisode:
     def num_generation_turns(self) -> int:
         return len(self.plan)
 
+    def prepare_turn(self, rollouts: list[Rollout], turn_index: int) -> None:
+        """Before the feedback turn: run the turn-1 programs of code tasks (in parallel, sandboxed)."""
+        code = [r for r in rollouts if turn_index == 1 and _visible_tests(r) is not None]
+        if not code:
+            return
+        from ..registry import _load_rewards_package
+
+        execute = _load_rewards_package().code_exec.execute_completions
+        results = execute(
+            [r.turns("solver")[0].text for r in code],
+            [_visible_tests(r) for r in code],
+            [r.state["row"].get("setup_code") for r in code],
+            require_tests=False,  # a task without visible tests still shows its syntax and runtime errors
+        )
+        for rollout, result in zip(code, results, strict=True):
+            rollout.state["execution"] = result
+
     def next_turn(self, rollout: Rollout, turn_index: int) -> TurnSpec | None:
-        return self.plan[turn_index] if turn_index < len(self.plan) else None
+        if turn_index >= len(self.plan):
+            return None
+        spec = self.plan[turn_index]
+        result = rollout.state.get("execution")
+        if turn_index != 1 or result is None:
+            return spec
+        report = execution_report(result)
+        shown = spec.message_text if spec.message_text is not None else spec.message
+        return replace(spec, message=f"{report}\n\n{spec.message}", message_text=f"{report}\n\n{shown}")
 
     def after_turn(self, rollout: Rollout, segment: Segment) -> None:
         pass
@@ -105,6 +135,24 @@ class RefineEpisode:
             "refine": group_normalize(refine, num_generations, scale),
             "feedback": group_normalize(rf, num_generations, scale),
         }
+
+
+def execution_report(result) -> str:
+    """What the feedback turn is shown about the turn-1 program's run on the visible tests."""
+    if result.reason == "passed":
+        return f"Running the program above on the task's visible tests: all {result.total} passed."
+    if result.reason == "no_code":
+        return "Running the program above on the task's visible tests: no program was found in the answer."
+    return (
+        f"Running the program above on the task's visible tests: {result.passed} of {result.total} passed "
+        f"({result.reason.replace('_', ' ')}).\n{result.feedback}"
+    )
+
+
+def _visible_tests(rollout: Rollout) -> list[str] | None:
+    row = rollout.state.get("row")
+    tests = row.get("visible_tests") if isinstance(row, dict) else None
+    return list(tests) if tests is not None else None
 
 
 def _weighted_sum(*terms: tuple[float, torch.Tensor]) -> torch.Tensor:
