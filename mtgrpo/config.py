@@ -6,6 +6,7 @@ with TRL's `TrlParser` (YAML defaults, CLI overrides).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -13,8 +14,8 @@ from trl import GRPOConfig
 
 logger = logging.getLogger(__name__)
 
-EPISODES = ("refine", "tool")
-FEEDBACK_SOURCES = ("self", "template")
+EPISODES = ("refine", "tool", "plan", "self_correct", "mutis")
+FEEDBACK_SOURCES = ("self", "template", "model")
 TOOL_PROTOCOLS = ("text", "native", "auto")
 ADVANTAGE_MODES = ("mt_grpo", "grpo_or", "grpo_mr")
 SEARCH_BACKENDS = ("bm25", "pyserini")
@@ -27,6 +28,31 @@ DEFAULT_FEEDBACK_TEMPLATE = "Check your attempt above step by step: recompute th
 DEFAULT_REFINE_PROMPT = (
     "Using the feedback, solve the problem again and finish with 'The answer is N.' where N is your final answer."
 )
+# episode: plan (the high-level turn of MLMT-RL's context-generator form / ToSCA's strategy level)
+DEFAULT_PLAN_PROMPT = (
+    "Write a short plan for solving this problem: the steps to take and the pitfalls to avoid. Do NOT carry out the "
+    "steps and do NOT state the final answer."
+)
+DEFAULT_SOLVE_WITH_PLAN_PROMPT = (
+    "Follow the plan to solve the problem and finish with 'The answer is N.' where N is your final answer."
+)
+# ---- self-correction (episode: self_correct / mutis, feedback_reward, turn_kl), see docs/self_correction.md ----
+FEEDBACK_REWARDS = ("outcome", "improvement")
+# SCoRe's (Kumar et al. 2024) second-attempt instruction for MATH.
+DEFAULT_SELF_CORRECT_PROMPT = (
+    "There might be an error in the solution above. Please review it carefully and give your final answer."
+)
+# MuTIS's intervention: the turn ended without an answer, so ask for one in the format the reward parses.
+DEFAULT_INTERVENTION_TEXT = (
+    "You did not give a final answer. Put your final answer in <answer></answer> tags and try again."
+)
+# The credit keys (Segment.credit) each built-in episode gives trained tokens; `turn_kl` is keyed by them.
+CREDIT_KEYS = {
+    "refine": ("solve", "feedback", "refine"),
+    "tool": ("pre_tool", "post_tool", "no_tool"),
+    "self_correct": ("solve_stage1", "solve", "refine"),
+    "mutis": ("solve", "retry"),
+}
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -46,7 +72,8 @@ class MTGRPOConfig(GRPOConfig):
         default="self",
         metadata={
             "help": "Who writes the feedback turn of a refine episode: 'self' = the policy under `feedback_prompt` "
-            "(a tutor that points out problems without solving), 'template' = the fixed `feedback_template` text."
+            "(a tutor that points out problems without solving), 'template' = the fixed `feedback_template` text, "
+            "'model' = a separate frozen model (`feedback_model_name_or_path`, see docs/feedback_model.md)."
         },
     )
     train_feedback: bool = field(
@@ -154,10 +181,130 @@ class MTGRPOConfig(GRPOConfig):
         default=1000,
         metadata={"help": "wiki_search: the returned text is cut to this many characters."},
     )
+    # ---- a separate feedback / plan model (feedback_source: model; episode: plan), see docs/feedback_model.md ----
+    feedback_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "feedback_source=model: the model that writes the feedback (refine) or plan (plan) turn, distinct "
+            "from the policy: a hub id, a local path or 'smollm2-135m-instruct' (the bundled model). With "
+            "feedback_server_url it is the model name sent to the server (vLLM: the served model name)."
+        },
+    )
+    train_feedback_model: bool = field(
+        default=False,
+        metadata={
+            "help": "false (the only setting implemented): the feedback model is frozen, Bi-NAC's 'fixed feedback' "
+            "baseline; its tokens are never trained. true (bi-level training) is not implemented yet."
+        },
+    )
+    feedback_server_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "feedback_source=model: an OpenAI-compatible server (e.g. `vllm serve`) that serves the feedback "
+            "model, e.g. http://127.0.0.1:8001 (POST /v1/chat/completions). Unset: the model runs in this process."
+        },
+    )
+    feedback_api_key_env: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of the environment variable that holds the feedback server's API key (sent as a Bearer "
+            "token, never logged). The key itself never goes into a recipe."
+        },
+    )
+    feedback_timeout: float = field(
+        default=120.0, metadata={"help": "Seconds one request to feedback_server_url may take before it is retried."}
+    )
+    feedback_retries: int = field(
+        default=2,
+        metadata={"help": "Retries (exponential backoff from 1 s) of a failed, slow or empty feedback server answer."},
+    )
+    feedback_max_new_tokens: int = field(
+        default=256, metadata={"help": "Longest feedback / plan the feedback model writes, in its own tokens."}
+    )
+    feedback_temperature: float = field(
+        default=0.0, metadata={"help": "Sampling temperature of the feedback model; 0 = greedy."}
+    )
+    feedback_device: str = field(
+        default="auto",
+        metadata={
+            "help": "In-process feedback model: 'auto' = the trainer's device (CPU with use_cpu), or a torch device "
+            "such as 'cpu' or 'cuda:1'."
+        },
+    )
+    plan_prompt: str = field(
+        default=DEFAULT_PLAN_PROMPT,
+        metadata={"help": "episode=plan: the request for a plan, after the problem (whoever writes the plan). Masked."},
+    )
+    solve_with_plan_prompt: str = field(
+        default=DEFAULT_SOLVE_WITH_PLAN_PROMPT,
+        metadata={"help": "episode=plan: the message after the plan that asks the solver for the answer. Masked."},
+    )
+    # ---- self-correction: feedback_reward, turn_kl, episode self_correct (SCoRe) and mutis, docs/self_correction.md ----
+    feedback_reward: str = field(
+        default="outcome",
+        metadata={
+            "help": "Reward of trained feedback tokens (refine, feedback_source=self, train_feedback=true). 'outcome' "
+            "(default) = R(final), the verifier outcome of the refined answer (MLMT-RL / Bi-NAC's high-level reward); "
+            "'improvement' = R(final) - R(turn 1) (RL-guided SCoRe), 0 where either turn is unscorable, so restating "
+            "a right first answer earns nothing and only feedback that fixes a wrong one earns the most."
+        },
+    )
+    turn_kl: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Per-credit-key KL coefficients against the reference model, e.g. {solve: 0.1, refine: 0.0}: "
+            "TRL's per-token KL (k3) times the key's coefficient is added to the loss of exactly the tokens with that "
+            "credit, so its gradient reaches only them (SCoRe stage I: a strong KL on turn 1). Keys: the episode's "
+            "credit keys (refine: solve/feedback/refine; self_correct: solve_stage1/solve/refine; mutis: solve/retry; "
+            "tool: pre_tool/post_tool/no_tool). Added to TRL's `beta` (which applies to every trained token). "
+            "Unset or all zero (default) = today's loss, bit for bit."
+        },
+    )
+    score_stage1_steps: int = field(
+        default=0,
+        metadata={
+            "help": "episode=self_correct: the first N optimizer steps are SCoRe's stage I (Kumar et al. 2024): only "
+            "the second attempt is trained, on r2, while turn 1 earns no advantage and is held near the reference by "
+            "turn_kl's `solve_stage1` coefficient (turn 1 is masked out when that coefficient is 0). From step N on, "
+            "stage II: turn 1 on r1, turn 2 on r2 + refine_bonus_alpha * (r2 - r1). 0 (default) = stage II from the "
+            "start, SCoRe's 'without stage I' ablation (a warning is logged for episode self_correct)."
+        },
+    )
+    self_correct_prompt: str = field(
+        default=DEFAULT_SELF_CORRECT_PROMPT,
+        metadata={
+            "help": "episode=self_correct: the fixed instruction between the two attempts (masked). Default: SCoRe's "
+            "MATH instruction (Kumar et al. 2024)."
+        },
+    )
+    intervention_text: str = field(
+        default=DEFAULT_INTERVENTION_TEXT,
+        metadata={
+            "help": "episode=mutis: the message injected (masked) after a turn that ends without a final answer "
+            "(MuTIS, EMNLP 2025: put the answer in <answer> tags and try again). Must not be empty."
+        },
+    )
+    max_turns: int = field(
+        default=4,
+        metadata={
+            "help": "episode=mutis: most policy turns per episode, the last included. 4 (default) = MuTIS's published "
+            "setting, up to 3 turns plus a final one; an episode whose last turn still has no answer ends and is "
+            "scored as it is."
+        },
+    )
+    turn_max_tokens: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "episode=mutis: token cap of each turn, e.g. [256, 128] (turn i gets entry i; later turns the last "
+            "entry). A turn is cut to its cap after generation; max_completion_length still bounds every call. "
+            "Unset (default) = max_completion_length only."
+        },
+    )
 
     def __post_init__(self):
         _one_of("episode", self.episode, EPISODES)
         _one_of("feedback_source", self.feedback_source, FEEDBACK_SOURCES)
+        self._check_feedback_model_fields()
         if self.train_feedback and self.feedback_source != "self":
             raise ValueError(
                 "train_feedback=true needs feedback_source=self: template feedback is not written by the policy. "
@@ -178,8 +325,105 @@ class MTGRPOConfig(GRPOConfig):
         if self.max_prompt_length is not None and self.max_prompt_length <= 0:
             raise ValueError(f"max_prompt_length={self.max_prompt_length} must be positive or null.")
         self._check_tool_fields()
+        self._check_self_correction_fields()
         self._fall_back_from_bf16_without_gpu()
         super().__post_init__()
+
+    def _check_feedback_model_fields(self) -> None:
+        """feedback_source: model and episode: plan (docs/feedback_model.md)."""
+        if self.train_feedback_model:
+            raise ValueError(
+                "train_feedback_model=true (bi-level training of the feedback model) is not implemented yet. Set "
+                "train_feedback_model: false for a frozen feedback model (Bi-NAC's fixed-feedback baseline), or "
+                "feedback_source: self with train_feedback: true to train feedback written by the policy itself."
+            )
+        if self.feedback_source == "model":
+            if not self.feedback_model_name_or_path:
+                raise ValueError(
+                    "feedback_source=model needs feedback_model_name_or_path: a hub id, a local path or "
+                    "'smollm2-135m-instruct' (with feedback_server_url: the name the server serves it under)."
+                )
+            if self.train_feedback:
+                raise ValueError(
+                    "train_feedback=true trains feedback written by the policy (feedback_source=self); a separate "
+                    "feedback model is frozen. Set train_feedback: false, or feedback_source: self."
+                )
+        elif self.feedback_model_name_or_path or self.feedback_server_url:
+            raise ValueError(
+                f"feedback_model_name_or_path / feedback_server_url are set but feedback_source={self.feedback_source!r}"
+                " does not use them. Set feedback_source: model, or remove them."
+            )
+        if self.episode == "plan" and self.feedback_source == "template":
+            raise ValueError(
+                "episode=plan needs a plan writer: feedback_source: model (a separate model) or self (the policy "
+                "under plan_prompt); a fixed template plan is not supported."
+            )
+        if self.feedback_server_url and not self.feedback_server_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"feedback_server_url={self.feedback_server_url!r} must be an http:// or https:// URL, e.g. "
+                "http://127.0.0.1:8001."
+            )
+        if self.feedback_timeout <= 0:
+            raise ValueError(f"feedback_timeout={self.feedback_timeout} must be a positive number of seconds.")
+        if self.feedback_retries < 0:
+            raise ValueError(f"feedback_retries={self.feedback_retries} must be >= 0 (0 = no retry).")
+        if self.feedback_max_new_tokens < 1:
+            raise ValueError(f"feedback_max_new_tokens={self.feedback_max_new_tokens} must be >= 1.")
+        if self.feedback_temperature < 0:
+            raise ValueError(f"feedback_temperature={self.feedback_temperature} must be >= 0 (0 = greedy).")
+
+    def _check_self_correction_fields(self) -> None:
+        """feedback_reward, turn_kl, episode self_correct and mutis (docs/self_correction.md)."""
+        _one_of("feedback_reward", self.feedback_reward, FEEDBACK_REWARDS)
+        if self.feedback_reward == "improvement" and self.feedback_source in ("self", "template") and not self.train_feedback:
+            raise ValueError(
+                "feedback_reward=improvement rewards the feedback writer, but no feedback tokens are trained. Set "
+                "feedback_source: self and train_feedback: true, or leave feedback_reward: outcome."
+            )
+        self.turn_kl = parse_turn_kl(self.turn_kl, self.episode)
+        if self.score_stage1_steps < 0:
+            raise ValueError(f"score_stage1_steps={self.score_stage1_steps} must be >= 0 (0 = no SCoRe stage I).")
+        if self.score_stage1_steps and self.episode != "self_correct":
+            raise ValueError(
+                f"score_stage1_steps={self.score_stage1_steps} only applies to episode: self_correct (SCoRe); "
+                f"episode is {self.episode!r}. Set episode: self_correct or remove score_stage1_steps."
+            )
+        if self.max_steps > 0 and self.score_stage1_steps > self.max_steps:
+            raise ValueError(
+                f"score_stage1_steps={self.score_stage1_steps} > max_steps={self.max_steps}: stage II would never "
+                "start. Lower score_stage1_steps (SCoRe runs stage I, then stage II) or raise max_steps."
+            )
+        if self.episode == "self_correct":
+            if self.score_stage1_steps == 0:
+                logger.warning(
+                    "episode=self_correct with score_stage1_steps=0 skips SCoRe's stage I (its ablation: the "
+                    "self-correction gain falls from 4.4 to 2.2 points). Set score_stage1_steps > 0."
+                )
+            elif not self.turn_kl.get("solve_stage1"):
+                logger.warning(
+                    "episode=self_correct: no turn_kl coefficient for solve_stage1, so stage I masks turn 1 instead "
+                    "of holding it near the reference (SCoRe's stage I). Set e.g. turn_kl: {solve_stage1: 1.0}."
+                )
+            if self.refine_bonus_alpha == 0.0:
+                logger.warning(
+                    "episode=self_correct with refine_bonus_alpha=0: stage II trains the two attempts as independent "
+                    "single-turn objectives, the setting in which SCoRe reports collapse. Set refine_bonus_alpha > 0."
+                )
+        if self.episode == "mutis":
+            if not self.intervention_text.strip():
+                raise ValueError(
+                    "intervention_text is empty: episode=mutis injects it after a turn without an answer. Set it, e.g. "
+                    f"intervention_text: {DEFAULT_INTERVENTION_TEXT!r}."
+                )
+            if self.max_turns < 1:
+                raise ValueError(f"max_turns={self.max_turns} must be >= 1 (MuTIS: 4, up to 3 turns plus a final one).")
+        if self.turn_max_tokens is not None and (
+            not self.turn_max_tokens or any(int(cap) < 1 for cap in self.turn_max_tokens)
+        ):
+            raise ValueError(
+                f"turn_max_tokens={self.turn_max_tokens} must be a non-empty list of positive token counts, e.g. "
+                "[256, 128], or unset."
+            )
 
     def _check_tool_fields(self) -> None:
         _one_of("tool_protocol", self.tool_protocol, TOOL_PROTOCOLS)
@@ -200,6 +444,40 @@ class MTGRPOConfig(GRPOConfig):
             logger.warning("bf16 was requested but this machine has no CUDA GPU; training in fp32 instead.")
         # GRPOConfig turns bf16=None into True, which transformers rejects on a CPU-only machine.
         self.bf16 = False
+
+
+def parse_turn_kl(value, episode: str) -> dict[str, float]:
+    """`turn_kl` as a {credit key: coefficient} dict (a JSON string from the CLI is parsed), checked against the
+    episode's credit keys (CREDIT_KEYS; an episode not listed there is not checked)."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"turn_kl={value!r} is not valid JSON. Write it as a mapping, e.g. --turn_kl '{{\"solve\": 0.1}}' "
+                "on the command line or `turn_kl: {solve: 0.1}` in a recipe."
+            ) from err
+    if not isinstance(value, dict):
+        raise ValueError(f"turn_kl={value!r} must map credit keys to coefficients, e.g. {{solve: 0.1, refine: 0.0}}.")
+    known = CREDIT_KEYS.get(episode)
+    out = {}
+    for key, coef in value.items():
+        if known is not None and key not in known:
+            raise ValueError(
+                f"Unknown credit key {key!r} in turn_kl for episode {episode!r}. Use one of {list(known)} "
+                "(recipe field `turn_kl`)."
+            )
+        if isinstance(coef, bool) or not isinstance(coef, int | float):
+            raise ValueError(f"turn_kl[{key!r}]={coef!r} must be a number (a KL coefficient >= 0).")
+        if coef < 0:
+            raise ValueError(
+                f"turn_kl[{key!r}]={coef} is negative: a negative KL coefficient rewards moving away from the "
+                "reference. Use a coefficient >= 0 (0 = no KL on those tokens)."
+            )
+        out[str(key)] = float(coef)
+    return out
 
 
 @dataclass

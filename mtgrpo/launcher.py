@@ -15,6 +15,10 @@ When the recipe says `use_vllm: true` and `vllm_mode: server`, there are two lay
   GPUs (data parallel, tensor parallel k), bound to 0.0.0.0 at ADDRESS, and the other nodes train on all theirs.
 Without GPUs, the launcher runs `python -m mtgrpo.train` directly.
 
+A recipe with `feedback_source: model` and a loopback `feedback_server_url` (http://127.0.0.1:PORT) gets a second,
+plain OpenAI-compatible vLLM server for the frozen feedback model on the next GPU (single-node runs; every
+training process calls it). See docs/feedback_model.md.
+
 A node other than the main one watches the main node's rendezvous port and stops with a clear message when it
 stays unreachable for --peer-timeout seconds, instead of hanging until NCCL's 30-minute timeout. On SIGTERM or
 Ctrl-C the launcher forwards the signal and gives training --stop-grace seconds to save a checkpoint
@@ -77,6 +81,8 @@ class LaunchPlan:
             training starts once it answers and stops when it goes away. None on the main node.
         world_size: training processes of the whole run (what a DeepSpeed checkpoint's shard count must equal).
         notes: human-readable decisions worth printing (GPU split, overrides the launcher added).
+        feedback_server, feedback_server_log, feedback_health_url: the frozen feedback model's vLLM server
+            (feedback_source: model with a loopback feedback_server_url), its log and its `/health` URL.
     """
 
     train: Command | None
@@ -86,6 +92,9 @@ class LaunchPlan:
     peer: str | None = None
     world_size: int = 1
     notes: list[str] = field(default_factory=list)
+    feedback_server: Command | None = None
+    feedback_server_log: str | None = None
+    feedback_health_url: str | None = None
 
 
 class ServerError(RuntimeError):
@@ -304,6 +313,20 @@ def plan_launch(
                 "here. --generation-node puts vLLM on a node of its own and every other GPU to training"
             )
 
+    feedback = _feedback_server(
+        recipe_path, recipe, overrides, num_nodes, gpu_ids[vllm_gpus:], log_path, notes, python
+    )
+    if feedback is not None:
+        vllm_gpus += 1  # the feedback server's GPU comes right after the rollout server's
+        notes[:] = [n for n in notes if not n.startswith("GPU split:")]
+        notes.insert(0, f"GPU split: {gpu_ids[: vllm_gpus - 1]} vLLM (rollouts), {gpu_ids[vllm_gpus - 1 : vllm_gpus]} vLLM "
+                     f"(feedback model), {gpu_ids[vllm_gpus:]} training")
+        if vllm_gpus >= num_gpus:
+            raise ValueError(
+                f"The rollout vLLM server, the feedback model's server and training need at least {vllm_gpus + 1} "
+                f"GPUs, this node has {num_gpus}. Point feedback_server_url at a server on another machine, or drop "
+                "it to run the feedback model in the training process (feedback_device)."
+            )
     per_node = num_gpus - vllm_gpus
     total = per_node * train_nodes
     config = Path(accelerate_config) if accelerate_config else _default_accelerate_config(total, train_nodes)
@@ -345,6 +368,58 @@ def plan_launch(
         peer=peer,
         world_size=total,
         notes=notes,
+        feedback_server=feedback.command if feedback else None,
+        feedback_server_log=feedback.log if feedback else None,
+        feedback_health_url=feedback.health_url if feedback else None,
+    )
+
+
+@dataclass(frozen=True)
+class _FeedbackServer:
+    command: Command
+    log: str
+    health_url: str
+
+
+def _feedback_server(
+    recipe_path, recipe, overrides, num_nodes, free_gpus, log_path, notes, python=sys.executable
+) -> _FeedbackServer | None:
+    """The frozen feedback model's vLLM server, when the recipe wants one on loopback; None otherwise."""
+    from urllib.parse import urlparse
+
+    url = _setting(recipe, overrides, "feedback_server_url")
+    if _setting(recipe, overrides, "feedback_source", "self") != "model" or not url:
+        return None
+    parsed = urlparse(str(url))
+    if parsed.hostname not in (LOOPBACK, "localhost"):
+        notes.append(f"feedback_server_url={url}: using that feedback model server, starting none")
+        return None
+    if num_nodes > 1:
+        raise ValueError(
+            f"feedback_server_url={url} is on loopback, but training spans {num_nodes} nodes and every training "
+            "process calls the feedback server. Serve the feedback model at an address all nodes reach and set "
+            "feedback_server_url to it."
+        )
+    if not free_gpus:
+        raise ValueError("No GPU is left for the feedback model's vLLM server on this node.")
+    model = _setting(recipe, overrides, "feedback_model_name_or_path")
+    if not model:
+        raise ValueError(f"Recipe {recipe_path} has feedback_source: model but no feedback_model_name_or_path.")
+    port = parsed.port or 80
+    max_len = _setting(recipe, overrides, "vllm_max_model_length")
+    # A frozen model needs no weight transfer: a plain OpenAI-compatible server, loopback only.
+    argv = [
+        python, "-m", "vllm.entrypoints.cli.main", "serve", str(model),
+        "--host", LOOPBACK, "--port", str(port), "--served-model-name", str(model),
+        "--gpu-memory-utilization", str(float(_setting(recipe, overrides, "vllm_gpu_memory_utilization", 0.9))),
+    ]
+    if max_len is not None:
+        argv += ["--max-model-len", str(int(max_len))]
+    notes.append(f"feedback model {model}: its own vLLM server on GPU {free_gpus[0]} at {LOOPBACK}:{port}")
+    return _FeedbackServer(
+        Command(argv, {"CUDA_VISIBLE_DEVICES": free_gpus[0]}),
+        str(Path(log_path).with_name("vllm-feedback-server.log")),
+        f"http://{LOOPBACK}:{port}/health",
     )
 
 
@@ -358,11 +433,17 @@ def _is_deepspeed(config: Path) -> bool:
 def _cpu_plan(recipe: dict, overrides: list[str], num_nodes: int, train: list[str]) -> LaunchPlan:
     if num_nodes > 1:
         raise ValueError("No GPUs found, but --num-nodes > 1: multi-node training needs GPU nodes.")
+    notes = []
+    if _setting(recipe, overrides, "feedback_source") == "model" and _setting(recipe, overrides, "feedback_server_url"):
+        notes.append(
+            "no GPU: no feedback model server is started; serve it at feedback_server_url yourself, or override "
+            "--feedback_server_url '' to run the feedback model in process"
+        )
     if _setting(recipe, overrides, "use_vllm", False):
         # vLLM's weight sync needs CUDA + NCCL, so a CPU run generates with transformers instead.
-        notes = ["no GPU: running without vLLM (--use_vllm false added)"]
+        notes.insert(0, "no GPU: running without vLLM (--use_vllm false added)")
         return LaunchPlan(train=Command([*train, *overrides, "--use_vllm", "false"]), notes=notes)
-    return LaunchPlan(train=Command([*train, *overrides]), notes=["no GPU: running mtgrpo.train directly"])
+    return LaunchPlan(train=Command([*train, *overrides]), notes=["no GPU: running mtgrpo.train directly", *notes])
 
 
 def format_plan(plan: LaunchPlan, server_timeout: float = DEFAULT_SERVER_TIMEOUT) -> str:
@@ -372,9 +453,16 @@ def format_plan(plan: LaunchPlan, server_timeout: float = DEFAULT_SERVER_TIMEOUT
     if plan.server:
         lines += [f"# {step}. vLLM server (new process group, log: {plan.server_log}):", plan.server.shell()]
         step += 1
-    if plan.health_url:
-        lines.append(f"# {step}. wait up to {server_timeout:.0f} s for GET {plan.health_url} to answer 200")
+    if plan.feedback_server:
+        lines += [
+            f"# {step}. feedback model's vLLM server (new process group, log: {plan.feedback_server_log}):",
+            plan.feedback_server.shell(),
+        ]
         step += 1
+    for url in (plan.health_url, plan.feedback_health_url):
+        if url:
+            lines.append(f"# {step}. wait up to {server_timeout:.0f} s for GET {url} to answer 200")
+            step += 1
     if plan.peer and plan.train:
         lines.append(
             f"# {step}. wait up to {server_timeout:.0f} s for the main node's rendezvous {plan.peer}"
@@ -388,8 +476,8 @@ def format_plan(plan: LaunchPlan, server_timeout: float = DEFAULT_SERVER_TIMEOUT
         )
     if plan.peer and plan.train:
         lines.append(f"# meanwhile: stop training if {plan.peer} stays unreachable (the main node died)")
-    if plan.server:
-        lines.append("# then: stop the vLLM server's process group (also on failure, Ctrl-C or SIGTERM)")
+    if plan.server or plan.feedback_server:
+        lines.append("# then: stop the vLLM servers' process groups (also on failure, Ctrl-C or SIGTERM)")
     return "\n".join(lines)
 
 
@@ -554,7 +642,7 @@ def execute(
     """Run a plan: server, health wait, training. Returns training's exit code (128 + N when it or the launcher
     got signal N, 1 when the vLLM server or the main node died). The server's process group is always stopped
     before returning; on a signal, training gets `stop_grace` seconds to save a checkpoint first."""
-    server = training = None
+    server = training = feedback_server = None
     forwarded = signal.SIGTERM
     grace = stop_grace
     watch = PeerWatch(plan.peer, peer_timeout) if plan.peer else None
@@ -563,9 +651,15 @@ def execute(
         if plan.server:
             print(f"[mtgrpo launch] starting vLLM server, log: {plan.server_log}", flush=True)
             server = _start(plan.server, plan.server_log)
+        if plan.feedback_server:
+            print(f"[mtgrpo launch] starting the feedback model's vLLM server, log: {plan.feedback_server_log}")
+            feedback_server = _start(plan.feedback_server, plan.feedback_server_log)
         if plan.health_url:
             wait_for_server(plan.health_url, server, server_timeout, plan.server_log)
             print(f"[mtgrpo launch] vLLM server healthy at {plan.health_url}", flush=True)
+        if plan.feedback_health_url:
+            wait_for_server(plan.feedback_health_url, feedback_server, server_timeout, plan.feedback_server_log)
+            print(f"[mtgrpo launch] feedback model server healthy at {plan.feedback_health_url}", flush=True)
         if plan.train is not None:
             if plan.peer:
                 _wait_for_peer(plan.peer, server_timeout, min(poll_interval, 1.0))
@@ -586,6 +680,11 @@ def execute(
                 raise ServerError(
                     f"The vLLM server exited with code {server.returncode} during training. "
                     f"Last lines of {plan.server_log}:\n{_log_tail(plan.server_log)}"
+                )
+            if feedback_server is not None and feedback_server.poll() is not None:
+                raise ServerError(
+                    f"The feedback model's vLLM server exited with code {feedback_server.returncode} during "
+                    f"training. Last lines of {plan.feedback_server_log}:\n{_log_tail(plan.feedback_server_log)}"
                 )
             if watch is not None and watch.lost():
                 if training is None:
@@ -620,6 +719,7 @@ def execute(
             signal.signal(sig, signal.SIG_IGN)
         stop_process_group(training, forwarded, grace=grace)
         stop_process_group(server, grace=STOP_GRACE_SECONDS if training is None else 10.0)
+        stop_process_group(feedback_server, grace=10.0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -10,7 +10,9 @@ What is overridden, and why (everything else — losses, KL, vLLM weight sync, l
   log through TRL's `log_metric` / `log_extra` while scoring a turn other than the final one goes under
   `<turn>/<name>` (e.g. `turn1/...`), so turn-1 and final values never mix;
 - `_generate_and_score_completions`: replaces the (B,) advantages with (B, T) per-turn advantages (also in the
-  completions table), logs the per-turn metrics and writes episode transcripts.
+  completions table), logs the per-turn metrics and writes episode transcripts;
+- `_compute_loss` (only with a positive `turn_kl` coefficient, mtgrpo/turn_kl.py): adds a per-credit-key KL term
+  on TRL's own reference log-probs and per-token KL.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from .episodes import build_episode, run_episodes
 from .history import LogHistoryCallback
 from .metrics import self_correction_metrics
 from .transcripts import episode_records, write_transcripts
+from .turn_kl import TurnKLMixin
 
 logger = logging.getLogger(__name__)
 
 
-class MultiTurnGRPOTrainer(GRPOTrainer):
+class MultiTurnGRPOTrainer(TurnKLMixin, GRPOTrainer):  # TurnKLMixin: per-credit-key KL (`turn_kl`), mtgrpo/turn_kl.py
     """GRPO over multi-turn episodes. Takes GRPOTrainer's arguments plus an optional `episode` object
     (default: the protocol named by `args.episode`)."""
 
@@ -178,6 +181,8 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         self._batch_rows = inputs  # TRL's rollout hook gets only the prompts; episodes may need the rows
+        if hasattr(self.episode, "set_step"):  # e.g. SCoRe's stage switch (episode self_correct)
+            self.episode.set_step(self.state.global_step)
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
@@ -244,6 +249,10 @@ class MultiTurnGRPOTrainer(GRPOTrainer):
             final = self._scored_rewards["final"][:, self._correctness_index] > 0.5
             for name, value in self_correction_metrics(first.tolist(), final.tolist()).items():
                 metrics[name].append(value)
+            if getattr(self.episode, "feedback_source", None) in ("model", "self", "template"):
+                # The feedback writer's effect (MLMT-RL): share of episodes whose refined answer is right and first
+                # answer wrong (the same events as self_correction/incorrect_to_correct, under the feedback name).
+                metrics["feedback/improvement"].append((final & ~first).float().mean().item())
         # Episode metrics are means over per-episode (or per-turn) values of every process. Sorted names, so that
         # every rank gathers in the same order; a rank without values for a name still joins with (0, 0).
         local = self.episode.metrics(self._rollouts)

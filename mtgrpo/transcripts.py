@@ -27,6 +27,7 @@ def episode_records(inputs, rollouts, credit_rewards, token_advantages, first_in
             turns.append(
                 {
                     "role": seg.role,
+                    "policy": seg.policy,
                     "text": seg.text,
                     "trained": seg.trained,
                     "reward": None if reward is None else _float_or_none(reward),

@@ -1,13 +1,18 @@
 """Episode protocols: what the next turn's prompt is, who writes it, when the episode ends."""
 
 from .base import Rollout, Segment, TurnSpec, run_episodes
+from .mutis import MutisEpisode
+from .plan import PlanEpisode
 from .refine import RefineEpisode
+from .self_correct import SelfCorrectEpisode
 from .tool import ToolEpisode
 
-__all__ = ["Rollout", "Segment", "TurnSpec", "run_episodes", "RefineEpisode", "ToolEpisode", "build_episode"]
+__all__ = ["Rollout", "Segment", "TurnSpec", "run_episodes", "RefineEpisode", "ToolEpisode", "PlanEpisode", "build_episode"]
 
 
 def build_episode(args):
     """The episode protocol named by `args.episode` (an MTGRPOConfig)."""
-    factories = {"refine": RefineEpisode.from_config, "tool": ToolEpisode.from_config}
+    factories = {"refine": RefineEpisode.from_config, "tool": ToolEpisode.from_config, "plan": PlanEpisode.from_config}
+    factories["self_correct"] = SelfCorrectEpisode.from_config  # SCoRe (docs/self_correction.md)
+    factories["mutis"] = MutisEpisode.from_config  # MuTIS interventions (docs/self_correction.md)
     return factories[args.episode](args)

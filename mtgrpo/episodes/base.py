@@ -26,6 +26,8 @@ class Segment:
     text: the piece's text (decoded for generated turns, the source text for injected ones).
     num_tokens: tokens of the turn's own text, without role headers or a closing EOS we added.
     logprobs: sampling log-probabilities of generated ids (vLLM), else None.
+    policy: which policy wrote the text: "solver" (the policy being trained, whatever the role), "feedback" (a
+        separate feedback/plan model), None for fixed text (templates, instructions, tool results).
     """
 
     role: str
@@ -35,6 +37,7 @@ class Segment:
     text: str = ""
     num_tokens: int = 0
     logprobs: list[float] | None = None
+    policy: str | None = None
 
 
 @dataclass
@@ -48,6 +51,7 @@ class TurnSpec:
     message_role: str = "user"
     message_text: str | None = None  # what transcripts show for the injected message (defaults to `message`)
     message_ids: list[int] | None = None  # ids of an injected non-user message (a native tool result)
+    message_policy: str | None = None  # who wrote the injected message's text ("feedback": a feedback model)
 
 
 @dataclass
@@ -181,6 +185,7 @@ def run_episodes(
                 text=chat.tokenizer.decode(ids, skip_special_tokens=True),
                 num_tokens=len(ids),
                 logprobs=list(logprobs[k]) if logprobs is not None else None,
+                policy="solver",
             )
             rollout.segments.append(segment)
             episode.after_turn(rollout, segment)
@@ -201,5 +206,12 @@ def _open_turn(rollout: Rollout, spec: TurnSpec, chat: ChatTurns, first: bool) -
         text = spec.message_text if spec.message_text is not None else spec.message
         ids = spec.message_ids if spec.message_ids is not None else chat.user_turn(spec.message)
         rollout.segments.append(
-            Segment(role=spec.message_role, ids=ids, trained=False, text=text, num_tokens=chat.text_length(text))
+            Segment(
+                role=spec.message_role,
+                ids=ids,
+                trained=False,
+                text=text,
+                num_tokens=chat.text_length(text),
+                policy=spec.message_policy,
+            )
         )

@@ -1,13 +1,16 @@
 """Solve -> feedback -> refine (MLMT-RL / self-refine).
 
 Turn 1: the policy solves. Turn 2: feedback, written either by the policy itself under a tutor prompt
-(`feedback_source: self`) or taken from a fixed template (`feedback_source: template`, no generation).
+(`feedback_source: self`), taken from a fixed template (`feedback_source: template`, no generation), or written by
+a separate frozen model (`feedback_source: model`, mtgrpo/feedback_model.py: one batched call per feedback turn,
+its text injected as a masked message like the template).
 Turn 3: the policy refines with its attempt and the feedback in context. Injected instructions are masked.
 
 Credit (each advantage group-normalised on its own; r1 = R(turn 1), rf = R(final)):
     solve    <- w * r1 + (1 - w) * rf                      (w = `turn1_reward_weight`)
     refine   <- rf + alpha * (rf - r1)                      (alpha = `refine_bonus_alpha`)
-    feedback <- rf, the verifier outcome of the refined answer (MLMT-RL's reward for the feedback writer)
+    feedback <- rf, the verifier outcome of the refined answer (MLMT-RL's reward for the feedback writer), or with
+                `feedback_reward: improvement` rf - r1 (RL-guided SCoRe; 0 where either turn is unscorable)
 Named settings:
     w = 0, alpha = 0 (default): MLMT-RL / Bi-NAC — both solver turns are credited with the final outcome.
     w = 1, alpha > 0: SCoRe stage II — turn 1 earns its own reward, the final turn a bonus for improving on it.
@@ -41,6 +44,8 @@ class RefineEpisode:
     refine_prompt: str = ""
     turn1_reward_weight: float = 0.0
     refine_bonus_alpha: float = 0.0
+    feedback_reward: str = "outcome"  # trained feedback: "outcome" = rf (MLMT-RL), "improvement" = rf - r1
+    feedback_model: object | None = None  # feedback_source=model: a FeedbackModel (generate(conversations) -> texts)
 
     @classmethod
     def from_config(cls, args) -> RefineEpisode:
@@ -52,9 +57,13 @@ class RefineEpisode:
             refine_prompt=args.refine_prompt,
             turn1_reward_weight=args.turn1_reward_weight,
             refine_bonus_alpha=args.refine_bonus_alpha,
+            feedback_reward=args.feedback_reward,
+            feedback_model=_feedback_model(args),
         )
 
     def __post_init__(self):
+        if self.feedback_reward not in ("outcome", "improvement"):
+            raise ValueError(f"Unknown feedback_reward {self.feedback_reward!r}; use 'outcome' or 'improvement'.")
         solve = TurnSpec(role="solver", credit="solve")
         if self.feedback_source == "self":
             self.plan = [
@@ -74,14 +83,38 @@ class RefineEpisode:
                     message_text=self.feedback_template,
                 ),
             ]
+        elif self.feedback_source == "model":
+            # Like the template, but the text comes from the feedback model (prepare_turn); never trained.
+            self.plan = [
+                solve,
+                TurnSpec(role="solver", credit="refine", message_role="feedback", message_policy="feedback"),
+            ]
+            if self.feedback_model is None:
+                raise ValueError("feedback_source=model needs a feedback_model (see mtgrpo/feedback_model.py).")
         else:
-            raise ValueError(f"Unknown feedback_source {self.feedback_source!r}; use 'self' or 'template'.")
+            raise ValueError(f"Unknown feedback_source {self.feedback_source!r}; use 'self', 'template' or 'model'.")
 
     @property
     def num_generation_turns(self) -> int:
         return len(self.plan)
 
+    def bind(self, chat) -> None:
+        self._chat = chat  # feedback_source=model: decodes the problem when a rollout has no dataset row
+
     def prepare_turn(self, rollouts: list[Rollout], turn_index: int) -> None:
+        """Before the feedback turn: run code tasks' turn-1 programs, then (feedback_source=model) ask the feedback
+        model, once for the whole batch, with the execution report (if any) opening its request."""
+        self._run_turn1_programs(rollouts, turn_index)
+        if self.feedback_source == "model" and turn_index == 1:
+            from ..feedback_model import write_feedback
+
+            def request(rollout: Rollout) -> str:
+                result = rollout.state.get("execution")
+                return self.feedback_prompt if result is None else f"{execution_report(result)}\n\n{self.feedback_prompt}"
+
+            write_feedback(self.feedback_model, rollouts, request, getattr(self, "_chat", None))
+
+    def _run_turn1_programs(self, rollouts: list[Rollout], turn_index: int) -> None:
         """Before the feedback turn: run the turn-1 programs of code tasks (in parallel, sandboxed)."""
         code = [r for r in rollouts if turn_index == 1 and _visible_tests(r) is not None]
         if not code:
@@ -102,6 +135,9 @@ class RefineEpisode:
         if turn_index >= len(self.plan):
             return None
         spec = self.plan[turn_index]
+        if self.feedback_source == "model" and turn_index == 1:
+            feedback = rollout.state["model_feedback"]
+            spec = replace(spec, message=f"{feedback}\n\n{self.refine_prompt}", message_text=feedback)
         result = rollout.state.get("execution")
         if turn_index != 1 or result is None:
             return spec
@@ -123,7 +159,14 @@ class RefineEpisode:
 
     def turn_rewards(self, rewards: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The raw reward behind each credit key (shown in transcripts)."""
-        return {"solve": rewards["turn1"], "refine": rewards["final"], "feedback": rewards["final"]}
+        return {"solve": rewards["turn1"], "refine": rewards["final"], "feedback": self._feedback_reward(rewards)}
+
+    def _feedback_reward(self, rewards: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What trained feedback tokens earn: rf (MLMT-RL), or rf - r1 (RL-guided SCoRe), which pays nothing for
+        restating a right first answer; 0 where either turn is unscorable."""
+        if self.feedback_reward == "improvement":
+            return torch.nan_to_num(rewards["final"] - rewards["turn1"], nan=0.0)
+        return rewards["final"]
 
     def advantages(self, rewards: dict[str, torch.Tensor], num_generations: int, scale: str) -> dict[str, torch.Tensor]:
         r1, rf = rewards["turn1"], rewards["final"]
@@ -133,7 +176,7 @@ class RefineEpisode:
         return {
             "solve": group_normalize(solve, num_generations, scale),
             "refine": group_normalize(refine, num_generations, scale),
-            "feedback": group_normalize(rf, num_generations, scale),
+            "feedback": group_normalize(self._feedback_reward(rewards), num_generations, scale),
         }
 
 
@@ -147,6 +190,15 @@ def execution_report(result) -> str:
         f"Running the program above on the task's visible tests: {result.passed} of {result.total} passed "
         f"({result.reason.replace('_', ' ')}).\n{result.feedback}"
     )
+
+
+def _feedback_model(args):
+    """feedback_source=model: the frozen feedback model, built on first use (mtgrpo/feedback_model.py)."""
+    if args.feedback_source != "model":
+        return None
+    from ..feedback_model import LazyFeedbackModel
+
+    return LazyFeedbackModel(args)
 
 
 def _visible_tests(rollout: Rollout) -> list[str] | None:

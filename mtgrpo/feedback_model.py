@@ -1,0 +1,295 @@
+"""A second model, distinct from the policy, that writes the feedback (or plan) turn: frozen, never trained.
+
+    mtgrpo train --config recipes/smollm2-135m-instruct/arithmetic-model-feedback.yaml
+
+Recipes choose it with `feedback_source: model` and `feedback_model_name_or_path`. Two backends, one interface,
+`generate(conversations) -> texts` (one chat-message list in, one reply text out, in order):
+- in process (`TransformersFeedbackModel`): the model loaded with transformers on the trainer's device (or
+  `feedback_device`), rendered by its OWN chat template, greedy (`feedback_temperature: 0`) or sampled;
+- behind an OpenAI-compatible server (`ServerFeedbackModel`, `feedback_server_url`, e.g. `vllm serve`):
+  POST /v1/chat/completions per conversation, concurrently, with a per-call timeout, retries with backoff, and an
+  error naming the URL and the fix when the server is down, too slow, or answers nothing.
+
+Only the reply TEXT crosses over: the episode tokenises it with the solver's own tokenizer into a masked message,
+so the two models may have different tokenizers and chat templates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+Conversation = list[dict]
+
+
+class FeedbackModel(Protocol):
+    def generate(self, conversations: list[Conversation]) -> list[str]:
+        """One reply text per conversation (a list of {"role", "content"} messages), in order."""
+
+
+class FeedbackServerError(RuntimeError):
+    """The feedback model's server is unreachable, too slow, or answered nothing usable."""
+
+
+class TransformersFeedbackModel:
+    """A frozen causal LM run in this process: eval mode, no gradients, never handed to the optimizer."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        device: str | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        batch_size: int = 16,
+        dtype: str = "auto",
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .models import resolve_model_path
+
+        path = resolve_model_path(name_or_path)
+        self.device = torch.device(device) if device else _trainer_device()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.chat_template is None:
+            raise ValueError(
+                f"The feedback model {name_or_path!r} has no chat template, so its conversation [problem, attempt, "
+                "feedback request] cannot be rendered. Use an instruct/chat model as feedback_model_name_or_path."
+            )
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"  # batched generation: every prompt ends where generation starts
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device)
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self.max_new_tokens, self.temperature, self.batch_size = max_new_tokens, temperature, batch_size
+
+    def generate(self, conversations: list[Conversation]) -> list[str]:
+        import torch
+
+        texts: list[str] = []
+        for start in range(0, len(conversations), self.batch_size):
+            chunk = conversations[start : start + self.batch_size]
+            rendered = [
+                self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+                for c in chunk
+            ]
+            batch = self.tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False)
+            batch = batch.to(self.device)
+            sampling = (
+                {"do_sample": True, "temperature": self.temperature, "top_p": 1.0, "top_k": 0}
+                if self.temperature > 0
+                else {"do_sample": False}
+            )
+            with torch.no_grad():
+                out = self.model.generate(
+                    **batch,
+                    max_new_tokens=self.max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    **sampling,
+                )
+            new = out[:, batch["input_ids"].shape[1] :]
+            texts.extend(t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
+        return texts
+
+
+class ServerFeedbackModel:
+    """A model behind an OpenAI-compatible chat endpoint (vLLM, TGI, llama.cpp server, a hosted API)."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        timeout: float = 60.0,
+        retries: int = 2,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        api_key_env: str | None = None,
+        concurrency: int = 16,
+        backoff: float = 1.0,
+    ):
+        self.url = url
+        self.endpoint = chat_completions_url(url)
+        self.model, self.timeout, self.retries = model, timeout, retries
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.api_key_env, self.concurrency, self.backoff = api_key_env, concurrency, backoff
+        if api_key_env and not os.environ.get(api_key_env):
+            raise ValueError(
+                f"feedback_api_key_env names the environment variable {api_key_env!r}, which is not set. Export it "
+                "(the key itself never goes into a recipe), or drop feedback_api_key_env for a server without a key."
+            )
+        # No proxy: an http_proxy set for downloads would otherwise intercept a loopback/cluster address.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def generate(self, conversations: list[Conversation]) -> list[str]:
+        if not conversations:
+            return []
+        # Concurrent requests: the server batches them (vLLM's continuous batching).
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
+            return list(pool.map(self._complete, conversations))
+
+    def _complete(self, messages: Conversation) -> str:
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": messages,
+                "max_tokens": self.max_new_tokens,
+                "temperature": self.temperature,
+            }
+        ).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"  # never logged
+        problem = "no attempt made"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
+            try:
+                with self._opener.open(request, timeout=self.timeout) as response:
+                    payload = json.loads(response.read().decode())
+            except urllib.error.HTTPError as error:
+                detail = error.read().decode(errors="replace")[:300]
+                problem = f"HTTP {error.code}: {detail}"
+                if error.code < 500 and error.code != 429:  # a bad request does not get better by retrying
+                    raise FeedbackServerError(
+                        f"The feedback model server at {self.endpoint} rejected the request ({problem}). Check "
+                        f"that it serves the model {self.model!r} (feedback_model_name_or_path must be the served "
+                        "model name) and, if it needs a key, that feedback_api_key_env names the variable holding it."
+                    ) from None
+                continue
+            except (urllib.error.URLError, TimeoutError, OSError, ValueError) as error:
+                reason = getattr(error, "reason", error)
+                problem = f"timed out after {self.timeout:g} s" if _is_timeout(reason) else f"{reason}"
+                continue
+            text = _reply_text(payload)
+            if text:
+                return text
+            problem = f"an empty answer ({json.dumps(payload)[:200]})"
+        raise FeedbackServerError(
+            f"The feedback model server at {self.endpoint} gave no usable answer after {self.retries + 1} "
+            f"attempt(s): {problem}. Fix: start the server (e.g. `vllm serve {self.model} --port PORT`; `mtgrpo "
+            "launch` starts one on GPU nodes), check feedback_server_url, or raise feedback_timeout / "
+            "feedback_retries if it is only slow."
+        )
+
+
+def chat_completions_url(url: str) -> str:
+    """`http://host:port`, `.../v1` or the full endpoint -> the /v1/chat/completions endpoint."""
+    url = url.rstrip("/")
+    if url.endswith("/chat/completions"):
+        return url
+    return f"{url}/chat/completions" if url.endswith("/v1") else f"{url}/v1/chat/completions"
+
+
+def _reply_text(payload) -> str:
+    try:
+        content = payload["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return content.strip() if isinstance(content, str) else ""
+
+
+def _is_timeout(reason) -> bool:
+    return isinstance(reason, TimeoutError) or "timed out" in str(reason)
+
+
+def _trainer_device():
+    """The device accelerate gives this process (the trainer's), or the CPU before any trainer exists."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+class LazyFeedbackModel:
+    """Builds the backend on first use, so that building an episode (e.g. for a recipe check) loads nothing and
+    the in-process model lands on the device the trainer's accelerator chose."""
+
+    def __init__(self, args):
+        self.args = args
+        self._backend: FeedbackModel | None = None
+
+    def generate(self, conversations: list[Conversation]) -> list[str]:
+        if self._backend is None:
+            self._backend = build_feedback_model(self.args)
+        texts = self._backend.generate(conversations)
+        if len(texts) != len(conversations):
+            raise RuntimeError(
+                f"The feedback model returned {len(texts)} texts for {len(conversations)} requests."
+            )
+        return texts
+
+
+def build_feedback_model(args) -> FeedbackModel:
+    """The backend an MTGRPOConfig asks for: the server when `feedback_server_url` is set, else in process."""
+    if args.feedback_server_url:
+        logger.info("Feedback model %s behind %s", args.feedback_model_name_or_path, args.feedback_server_url)
+        return ServerFeedbackModel(
+            args.feedback_server_url,
+            args.feedback_model_name_or_path,
+            timeout=args.feedback_timeout,
+            retries=args.feedback_retries,
+            max_new_tokens=args.feedback_max_new_tokens,
+            temperature=args.feedback_temperature,
+            api_key_env=args.feedback_api_key_env,
+        )
+    device = None if args.feedback_device == "auto" else args.feedback_device
+    if device is None and getattr(args, "use_cpu", False):
+        device = "cpu"
+    logger.info("Feedback model %s in process (frozen)", args.feedback_model_name_or_path)
+    return TransformersFeedbackModel(
+        args.feedback_model_name_or_path,
+        device=device,
+        max_new_tokens=args.feedback_max_new_tokens,
+        temperature=args.feedback_temperature,
+    )
+
+
+def problem_messages(rollout, chat=None) -> Conversation:
+    """The problem as chat messages: the dataset row's prompt (system + user) when the rollout has its row, else the
+    decoded prompt ids (special tokens dropped) as one user message."""
+    row = rollout.state.get("row")
+    prompt = row.get("prompt") if isinstance(row, dict) else None
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt:
+        return [
+            {"role": m["role"], "content": m["content"]} for m in prompt if m["role"] in ("system", "user")
+        ]
+    if chat is None:
+        raise ValueError(
+            "The feedback model needs the problem: pass the dataset rows to run_episodes, or bind a chat."
+        )
+    return [
+        {
+            "role": "user",
+            "content": chat.tokenizer.decode(rollout.prompt_ids, skip_special_tokens=True).strip(),
+        }
+    ]
+
+
+def write_feedback(
+    model: FeedbackModel, rollouts, request_for, chat=None, key: str = "model_feedback"
+) -> None:
+    """One batched call: the feedback model answers [problem, the rollout's first solver turn, request_for(rollout)]
+    for every rollout, and each text lands in `rollout.state[key]`."""
+    if not rollouts:
+        return
+    conversations = [
+        [
+            *problem_messages(r, chat),
+            {"role": "assistant", "content": r.turns("solver")[0].text},
+            {"role": "user", "content": request_for(r)},
+        ]
+        for r in rollouts
+    ]
+    for rollout, text in zip(rollouts, model.generate(conversations), strict=True):
+        rollout.state[key] = text
