@@ -31,4 +31,5 @@ fi
 echo "Tokenizer, chat-turn and episode tests against transformers ${version} (the lowest declared)"
 export MTGRPO_CACHE="${PWD}/${venv}/mtgrpo-cache" HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1 TOKENIZERS_PARALLELISM=false
 "${venv}/bin/python" -m pytest -q -ra -p no:cacheprovider \
-  tests/test_chat.py tests/test_episodes.py tests/test_tool_episode.py tests/test_bundled_model.py "$@"
+  tests/test_chat.py tests/test_episodes.py tests/test_tool_episode.py tests/test_episodes_multiprocess.py \
+  tests/test_code_refine.py tests/test_bundled_model.py "$@"
