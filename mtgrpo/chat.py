@@ -50,8 +50,8 @@ class ChatTurns:
         `tools`: functions whose JSON schemas the template renders into the prompt (native tool calls)."""
         out = []
         for prompt in prompts:
-            if isinstance(prompt, str):
-                out.append(list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]))
+            if isinstance(prompt, str):  # a plain-text prompt is tokenised as TRL does (special tokens added)
+                out.append(list(self.tokenizer(prompt)["input_ids"]))
                 continue
             ids = self.tokenizer.apply_chat_template(
                 prompt,
