@@ -105,7 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     trainer.add_callback(SaveOnSigterm())
     if checkpoint:
         logger.info("Resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    from .feedback_model import FeedbackServerError
+
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except FeedbackServerError as err:  # the feedback server is down or answers nothing: not a bug, say how to fix it
+        print(f"mtgrpo train: {err}", file=sys.stderr)
+        return 2
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(training_args.output_dir)

@@ -2,27 +2,12 @@
 
 import pytest
 import torch
+from scripted import ScriptedGenerate
 
 from mtgrpo.advantages import group_normalize, token_advantages
 from mtgrpo.chat import ChatTurns
 from mtgrpo.config import MTGRPOConfig
 from mtgrpo.episodes import RefineEpisode, run_episodes
-
-
-class ScriptedGenerate:
-    """Returns scripted texts turn by turn and records every call."""
-
-    def __init__(self, tokenizer, turns: list[list[str]], eos: bool = True):
-        self.tokenizer, self.turns, self.eos, self.calls = tokenizer, turns, eos, []
-
-    def __call__(self, prompt_ids, num_generations):
-        texts = self.turns[len(self.calls)]
-        self.calls.append((len(prompt_ids), num_generations, [list(p) for p in prompt_ids]))
-        out = []
-        for text in texts[: len(prompt_ids)]:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-            out.append(ids + ([self.tokenizer.eos_token_id] if self.eos and text else []))
-        return out, None
 
 
 def _episode(source="self", train_feedback=False):

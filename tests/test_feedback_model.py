@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 from datasets import Dataset
+from scripted import ScriptedGenerate
 
 from mtgrpo.chat import ChatTurns
 from mtgrpo.config import MTGRPOConfig
@@ -205,20 +206,6 @@ class ScriptedFeedback:
     def generate(self, conversations):
         self.calls.append(conversations)
         return [f"Recheck the sum ({i})." for i in range(len(conversations))]
-
-
-class ScriptedGenerate:
-    def __init__(self, tokenizer, turns):
-        self.tokenizer, self.turns, self.calls = tokenizer, turns, []
-
-    def __call__(self, prompt_ids, num_generations):
-        texts = self.turns[len(self.calls)]
-        self.calls.append((len(prompt_ids), num_generations, [list(p) for p in prompt_ids]))
-        ids = [
-            self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-            for t in texts
-        ]
-        return ids[: len(prompt_ids)], None
 
 
 def _rows(n):

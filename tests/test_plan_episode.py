@@ -2,24 +2,11 @@
 
 import pytest
 import torch
+from scripted import ScriptedGenerate
 
 from mtgrpo.chat import ChatTurns
 from mtgrpo.config import MTGRPOConfig
 from mtgrpo.episodes import PlanEpisode, build_episode, run_episodes
-
-
-class ScriptedGenerate:
-    def __init__(self, tokenizer, turns):
-        self.tokenizer, self.turns, self.calls = tokenizer, turns, []
-
-    def __call__(self, prompt_ids, num_generations):
-        texts = self.turns[len(self.calls)]
-        self.calls.append((len(prompt_ids), num_generations, [list(p) for p in prompt_ids]))
-        ids = [
-            self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-            for t in texts
-        ]
-        return ids[: len(prompt_ids)], None
 
 
 class ScriptedPlanner:

@@ -5,6 +5,7 @@ Episodes run with scripted generations (no model) on the real SmolLM2 tokenizer;
 
 import pytest
 import torch
+from scripted import spy_rollouts
 
 from mtgrpo.chat import ChatTurns
 from mtgrpo.config import MTGRPOConfig
@@ -360,15 +361,7 @@ def _kl_batch(trainer, perturb=True):
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     rows = [trainer.train_dataset[i // 2] for i in range(4)]
-    seen = {}
-    original = trainer._rollout
-
-    def spy(prompts, trainer_=None):
-        out = original(prompts, trainer_)
-        seen["rollouts"] = trainer._rollouts
-        return out
-
-    trainer.rollout_func = spy
+    seen = spy_rollouts(trainer)
     return trainer._generate_and_score_completions(rows), seen["rollouts"]
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from datasets import Dataset
+from scripted import spy_rollouts
 
 from mtgrpo import MTGRPOConfig, MultiTurnGRPOTrainer
 
@@ -62,19 +63,11 @@ def test_masks_and_per_token_advantages_in_trainer_output(tiny_model_dir, tmp_pa
     trainer = _trainer(tiny_model_dir, tmp_path, train_feedback=False)
     trainer.model.train()
     rows = [trainer.train_dataset[i // 2] for i in range(4)]  # 2 prompts x 2 generations, as TRL's sampler
-    rollouts_seen = {}
-    original = trainer._rollout
-
-    def spy(prompts, trainer_=None):
-        out = original(prompts, trainer_)
-        rollouts_seen["r"] = trainer._rollouts
-        return out
-
-    trainer.rollout_func = spy
+    seen = spy_rollouts(trainer)
     out = trainer._generate_and_score_completions(rows)
     assert out["advantages"].shape == out["completion_ids"].shape  # (B, T)
     assert "tool_mask" in out
-    for b, rollout in enumerate(rollouts_seen["r"]):
+    for b, rollout in enumerate(seen["rollouts"]):
         pos = 0
         for seg in rollout.segments:
             span = slice(pos, pos + len(seg.ids))
@@ -214,18 +207,10 @@ def test_reward_logs_of_turn1_and_final_stay_apart_and_table_shows_turn_advantag
         model=str(tiny_model_dir), reward_funcs=[logging_reward], args=args, train_dataset=_dataset()
     )
     trainer.model.train()
-    rollouts = {}
-    original = trainer._rollout
-
-    def spy(prompts, trainer_=None):
-        out = original(prompts, trainer_)
-        rollouts["r"] = trainer._rollouts
-        return out
-
-    trainer.rollout_func = spy
+    seen = spy_rollouts(trainer)
     trainer._generate_and_score_completions([trainer.train_dataset[i // 2] for i in range(4)])
-    finals = [len(r.turns("solver")[-1].text) for r in rollouts["r"]]
-    firsts = [len(r.turns("solver")[0].text) for r in rollouts["r"]]
+    finals = [len(r.turns("solver")[-1].text) for r in seen["rollouts"]]
+    firsts = [len(r.turns("solver")[0].text) for r in seen["rollouts"]]
     metrics = trainer._metrics["train"]
     assert metrics["answer_chars"] == [pytest.approx(sum(finals) / 4)]
     assert metrics["turn1/answer_chars"] == [pytest.approx(sum(firsts) / 4)]
