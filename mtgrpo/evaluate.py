@@ -176,7 +176,7 @@ def markdown_table(columns: dict[str, dict[str, float]]) -> str:
     present = {name for metrics in columns.values() for name in metrics}
     rows = [(label, name) for label, name in _TABLE_ROWS if name in present]
     for name in sorted(present - set(names)):
-        if name.startswith("tokens/"):
+        if name.startswith("tokens/") and name.endswith("/mean"):  # tokens/<role>/mean, from summarize
             label = f"mean tokens per {name.split('/')[1]} turn"
         elif name.startswith("pass@"):
             k, turn = name.split("/", 1)

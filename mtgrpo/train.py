@@ -54,8 +54,11 @@ def parse_recipe(argv: list[str] | None = None):
     return parser.parse_args_and_config(args=argv)
 
 
-def build_trainer(script_args, training_args, model_args):
-    """Everything `main` does before `train()`: resolve the model, load data and rewards, build the trainer."""
+def build_trainer(script_args, training_args, model_args, trainer_cls=None):
+    """Everything `main` does before `train()`: resolve the model, load data and rewards, build the trainer.
+
+    `trainer_cls` (default MultiTurnGRPOTrainer) lets a benchmark build TRL's plain GRPOTrainer from the same recipe.
+    """
     from transformers import AutoTokenizer
     from trl import get_peft_config
 
@@ -77,7 +80,7 @@ def build_trainer(script_args, training_args, model_args):
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
     }
-    return MultiTurnGRPOTrainer(
+    return (trainer_cls or MultiTurnGRPOTrainer)(
         model=model_path,
         reward_funcs=reward_funcs,
         args=training_args,
