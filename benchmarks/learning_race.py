@@ -24,8 +24,9 @@ Variants (name: trainer, recipe, evaluation protocol):
 Multi-turn variants are evaluated with their own protocol.
 
 Prints one table (steps done, training minutes, turn-1 and final accuracy, Δ, Δ^{i→c}, Δ^{c→i}) and writes it to
-OUTPUT_DIR/race_table.md; each run's result goes to OUTPUT_DIR/<variant>/race_result.json as soon as it is
-measured, and a later call with the same budget reuses it (pass --rerun to train again). The default budget fits
+OUTPUT_DIR/race_table.md. Each run trains in its own fresh Python process, and its result goes to
+OUTPUT_DIR/<variant>/race_result.json as soon as it is measured; a later call with the same budget reuses it (pass
+--rerun to train again), and a failed run is reported while the others go on (exit status 1). The default budget fits
 the whole race in about 30 minutes on a 2-core CPU.
 """
 
@@ -36,6 +37,7 @@ import gc
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes" / "smollm2-135m-instruct"
 REFINE = RECIPES / "arithmetic-refine.yaml"
+RESULT_FILE = "race_result.json"
 
 # name -> (recipe, CLI overrides, plain TRL trainer?, what it is)
 VARIANTS = {
@@ -76,11 +79,12 @@ class UsageError(ValueError):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget-minutes", type=float, default=5.0, help="training wall-clock budget of EVERY run")
+    parser.add_argument("--budget-minutes", type=float, default=3.0, help="training wall-clock budget of EVERY run")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
     parser.add_argument("--output-dir", default="runs/learning_race")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out problems")
     parser.add_argument("--rerun", action="store_true", help="train again even where a result with this budget exists")
+    parser.add_argument("--run-one", choices=list(VARIANTS), help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -193,14 +197,19 @@ def evaluate_untrained(protocol: str, parsed: dict, limit):
     return {"variant": f"untrained ({protocol} protocol)", "steps": 0, "train_minutes": 0.0, **metrics}
 
 
-def cached(path: Path, budget: float | None, limit, rerun: bool, compute):
-    """A stored result with the same budget and eval limit, else compute it and store it at once."""
+def stored(path: Path, budget: float | None, limit, rerun: bool) -> dict | None:
+    """A result stored by an earlier call with the same budget and eval limit (None with --rerun)."""
     if path.exists() and not rerun:
-        stored = json.loads(path.read_text())
-        if stored.get("budget_minutes") == budget and stored.get("eval_limit") == limit:
+        result = json.loads(path.read_text())
+        if result.get("budget_minutes") == budget and result.get("eval_limit") == limit:
             print(f"[race] reusing {path}", flush=True)
-            return stored
-    result = {**compute(), "budget_minutes": budget, "eval_limit": limit}
+            return result
+    return None
+
+
+def store(path: Path, budget: float | None, limit, result: dict) -> dict:
+    """Write a result as soon as it is measured, so a later failure loses nothing."""
+    result = {**result, "budget_minutes": budget, "eval_limit": limit}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return result
@@ -241,6 +250,21 @@ def verdict(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_in_subprocess(variant: str, args) -> dict | None:
+    """Train and evaluate one variant in a fresh Python process (nothing left over from the previous run can slow
+    it or change it); its result file, or None when it failed."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--run-one", variant,
+               "--budget-minutes", str(args.budget_minutes), "--output-dir", str(args.output_dir)]  # fmt: skip
+    if args.eval_limit:
+        command += ["--eval-limit", str(args.eval_limit)]
+    code = subprocess.run(command).returncode
+    path = Path(args.output_dir) / variant / RESULT_FILE
+    if code != 0 or not path.exists():
+        print(f"[race] {variant} failed (exit status {code}); its output is above. The other runs go on.", flush=True)
+        return None
+    return json.loads(path.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.chdir(ROOT)  # recipes and the default output dir are relative to the checkout
@@ -253,17 +277,24 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"learning_race: {err}", file=sys.stderr)
         return 2
-    budget_s = args.budget_minutes * 60
+    if args.run_one:  # the child process of one run: train, evaluate, write its result file
+        store(output_dir / args.run_one / RESULT_FILE, args.budget_minutes, args.eval_limit,
+              train_variant(args.run_one, parsed, args.budget_minutes * 60, args.eval_limit))  # fmt: skip
+        return 0
     print(f"[race] {len(args.variants)} runs x {args.budget_minutes:g} min training each; held-out evaluation "
           f"with protocols {protocols}", flush=True)  # fmt: skip
-    rows = []
+    rows, failed = [], []
     for protocol in protocols:
         path = output_dir / "untrained" / f"{protocol}.json"
-        rows.append(cached(path, None, args.eval_limit, args.rerun, lambda p=protocol: evaluate_untrained(p, parsed, args.eval_limit)))
+        rows.append(stored(path, None, args.eval_limit, args.rerun) or store(
+            path, None, args.eval_limit, evaluate_untrained(protocol, parsed, args.eval_limit)))  # fmt: skip
     for variant in args.variants:
-        path = output_dir / variant / "race_result.json"
-        compute = lambda v=variant: train_variant(v, parsed, budget_s, args.eval_limit)  # noqa: E731
-        rows.append(cached(path, args.budget_minutes, args.eval_limit, args.rerun, compute))
+        row = stored(output_dir / variant / RESULT_FILE, args.budget_minutes, args.eval_limit, args.rerun)
+        row = row or run_in_subprocess(variant, args)
+        if row:
+            rows.append(row)
+        else:
+            failed.append(variant)
     import torch
 
     header = (
@@ -271,10 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         f"(torch threads {torch.get_num_threads()}), held-out arithmetic ({args.eval_limit or 'all'} "
         "problems), greedy"
     )
-    table = "\n".join([header, "", format_table(rows), "", verdict(rows)])
+    notes = [verdict(rows)] + ([f"FAILED runs (not in the table): {failed}"] if failed else [])
+    table = "\n".join([header, "", format_table(rows), "", *notes])
     print("\n" + table)
     (output_dir / "race_table.md").write_text(table + "\n")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ class MTGRPOConfig(GRPOConfig):
         metadata={
             "help": "Who writes the feedback turn of a refine episode: 'self' = the policy under `feedback_prompt` "
             "(a tutor that points out problems without solving), 'template' = the fixed `feedback_template` text, "
-            "'model' = a separate frozen model (`feedback_model_name_or_path`, see docs/feedback_model.md)."
+            "'model' = a separate model (`feedback_model_name_or_path`), frozen or, with train_feedback_model, "
+            "trained (see docs/feedback_model.md)."
         },
     )
     train_feedback: bool = field(
@@ -193,8 +194,44 @@ class MTGRPOConfig(GRPOConfig):
     train_feedback_model: bool = field(
         default=False,
         metadata={
-            "help": "false (the only setting implemented): the feedback model is frozen, Bi-NAC's 'fixed feedback' "
-            "baseline; its tokens are never trained. true (bi-level training) is not implemented yet."
+            "help": "false: the feedback model is frozen, Bi-NAC's 'fixed feedback' baseline; its tokens are never "
+            "trained. true: bi-level training (MLMT-RL / Bi-NAC): the feedback model is a second policy with its own "
+            "AdamW optimizer (feedback_learning_rate), KL (feedback_beta) and schedule (feedback_update_interval), "
+            "trained only on its own tokens with its own group-normalised advantage (feedback_reward), see "
+            "mtgrpo/feedback_training.py. Needs feedback_source: model and feedback_temperature > 0."
+        },
+    )
+    feedback_learning_rate: float = field(
+        default=1.0e-6,
+        metadata={"help": "train_feedback_model: the feedback policy's AdamW learning rate (constant)."},
+    )
+    feedback_beta: float = field(
+        default=0.0,
+        metadata={
+            "help": "train_feedback_model: coefficient of the per-token KL (k3) between the feedback policy and its "
+            "own frozen reference (the feedback model as loaded). 0 (default) = no KL and no reference copy."
+        },
+    )
+    feedback_update_interval: int = field(
+        default=1,
+        metadata={
+            "help": "train_feedback_model: the feedback policy takes one update after every solver step whose number "
+            "is a multiple of this, on the feedback turns of that step's batch (turns of other steps are not trained "
+            "on). 1 = both levels every step; 16 = once per 16 solver steps (Bi-NAC's HLT_LLT_RR_1_15 cycle)."
+        },
+    )
+    feedback_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "Both roles as two LoRA adapters on one base model (memory saving). Not implemented yet: true is "
+            "a config error."
+        },
+    )
+    feedback_vllm_group_port: int = field(
+        default=51217,
+        metadata={
+            "help": "train_feedback_model with feedback_server_url: port of the NCCL group that pushes the feedback "
+            "policy's weights to its vLLM server after each update (the solver's is vllm_group_port, 51216)."
         },
     )
     feedback_server_url: str | None = field(
@@ -331,12 +368,7 @@ class MTGRPOConfig(GRPOConfig):
 
     def _check_feedback_model_fields(self) -> None:
         """feedback_source: model and episode: plan (docs/feedback_model.md)."""
-        if self.train_feedback_model:
-            raise ValueError(
-                "train_feedback_model=true (bi-level training of the feedback model) is not implemented yet. Set "
-                "train_feedback_model: false for a frozen feedback model (Bi-NAC's fixed-feedback baseline), or "
-                "feedback_source: self with train_feedback: true to train feedback written by the policy itself."
-            )
+        self._check_trainable_feedback_model_fields()
         if self.feedback_source == "model":
             if not self.feedback_model_name_or_path:
                 raise ValueError(
@@ -345,8 +377,9 @@ class MTGRPOConfig(GRPOConfig):
                 )
             if self.train_feedback:
                 raise ValueError(
-                    "train_feedback=true trains feedback written by the policy (feedback_source=self); a separate "
-                    "feedback model is frozen. Set train_feedback: false, or feedback_source: self."
+                    "train_feedback=true trains feedback written by the policy (feedback_source=self). Set "
+                    "train_feedback: false, or feedback_source: self; train_feedback_model: true trains the separate "
+                    "feedback model."
                 )
         elif self.feedback_model_name_or_path or self.feedback_server_url:
             raise ValueError(
@@ -372,13 +405,49 @@ class MTGRPOConfig(GRPOConfig):
         if self.feedback_temperature < 0:
             raise ValueError(f"feedback_temperature={self.feedback_temperature} must be >= 0 (0 = greedy).")
 
+    def _check_trainable_feedback_model_fields(self) -> None:
+        """train_feedback_model: bi-level training of the feedback model (mtgrpo/feedback_training.py)."""
+        if self.feedback_update_interval < 1:
+            raise ValueError(
+                f"feedback_update_interval={self.feedback_update_interval} must be >= 1 (1 = update the feedback "
+                "model after every solver step, 16 = after every 16th as in Bi-NAC's HLT_LLT_RR_1_15)."
+            )
+        for name in ("feedback_learning_rate", "feedback_beta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+        if self.feedback_lora:
+            raise ValueError(
+                "feedback_lora=true (both roles as two LoRA adapters on one base model) is not implemented yet. Set "
+                "feedback_lora: false: the trainable feedback model is then a separate full model."
+            )
+        if not self.train_feedback_model:
+            return
+        if self.feedback_source != "model":
+            raise ValueError(
+                f"train_feedback_model=true trains a separate feedback model, but feedback_source="
+                f"{self.feedback_source!r}. Set feedback_source: model (with feedback_model_name_or_path), or use "
+                "feedback_source: self with train_feedback: true to train feedback the policy writes itself."
+            )
+        if self.feedback_temperature <= 0:
+            raise ValueError(
+                "train_feedback_model=true needs feedback_temperature > 0: a policy gradient needs samples from the "
+                "feedback policy, and greedy feedback is not one (Bi-NAC samples it at temperature 1.0)."
+            )
+        if self.feedback_api_key_env:
+            raise ValueError(
+                "train_feedback_model=true with feedback_api_key_env: a trainable feedback model's server must take "
+                "weight updates (TRL's vLLM server, which `mtgrpo launch` starts); a hosted API cannot. Remove "
+                "feedback_api_key_env, or set train_feedback_model: false."
+            )
+
     def _check_self_correction_fields(self) -> None:
         """feedback_reward, turn_kl, episode self_correct and mutis (docs/self_correction.md)."""
         _one_of("feedback_reward", self.feedback_reward, FEEDBACK_REWARDS)
-        if self.feedback_reward == "improvement" and self.feedback_source in ("self", "template") and not self.train_feedback:
+        if self.feedback_reward == "improvement" and not (self.train_feedback or self.train_feedback_model):
             raise ValueError(
                 "feedback_reward=improvement rewards the feedback writer, but no feedback tokens are trained. Set "
-                "feedback_source: self and train_feedback: true, or leave feedback_reward: outcome."
+                "feedback_source: self and train_feedback: true (or feedback_source: model and train_feedback_model: "
+                "true), or leave feedback_reward: outcome."
             )
         self.turn_kl = parse_turn_kl(self.turn_kl, self.episode)
         if self.score_stage1_steps < 0:

@@ -1,6 +1,9 @@
 """The CPU demo: evaluate the bundled model, train it with the demo recipe, evaluate again.
 
-    mtgrpo demo [--config recipes/smollm2-135m-instruct/arithmetic-refine.yaml] [--field value ...]
+    mtgrpo demo [--config recipes/smollm2-135m-instruct/arithmetic-score.yaml] [--field value ...]
+
+The default recipe is the variant benchmarks/learning_race.py measured best at teaching correction (SCoRe; see
+the README).
 
 Prints turn-1 and final-turn accuracy on the held-out arithmetic split before and after training, and writes
 them to OUTPUT_DIR/demo_results.json.
@@ -14,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_RECIPE = "recipes/smollm2-135m-instruct/arithmetic-refine.yaml"
+DEFAULT_RECIPE = "recipes/smollm2-135m-instruct/arithmetic-score.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_table(before: dict, after: dict, n: int) -> str:
     rows = [("turn-1 accuracy", "turns/1/accuracy"), ("final accuracy", "turns/final/accuracy"),
-            ("delta (final - turn 1)", "self_correction/delta")]
+            ("delta (final - turn 1)", "self_correction/delta"),
+            ("wrong -> right (i->c)", "self_correction/incorrect_to_correct"),
+            ("right -> wrong (c->i)", "self_correction/correct_to_incorrect")]
     lines = [f"\nHeld-out arithmetic ({n} problems, greedy)", f"{'':24}{'before':>10}{'after':>10}"]
     for label, key in rows:
         lines.append(f"{label:24}{before.get(key, float('nan')):>10.3f}{after.get(key, float('nan')):>10.3f}")

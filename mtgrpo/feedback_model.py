@@ -1,4 +1,4 @@
-"""A second model, distinct from the policy, that writes the feedback (or plan) turn: frozen, never trained.
+"""A second model, distinct from the policy, that writes the feedback (or plan) turn.
 
     mtgrpo train --config recipes/smollm2-135m-instruct/arithmetic-model-feedback.yaml
 
@@ -12,6 +12,9 @@ Recipes choose it with `feedback_source: model` and `feedback_model_name_or_path
 
 Only the reply TEXT crosses over: the episode tokenises it with the solver's own tokenizer into a masked message,
 so the two models may have different tokenizers and chat templates.
+
+Frozen unless `train_feedback_model: true`; then mtgrpo/feedback_training.py trains it and asks it for `sample`s
+(the text plus the prompt and completion ids in the feedback model's OWN tokenizer, kept for its update).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 logger = logging.getLogger(__name__)
@@ -35,12 +39,49 @@ class FeedbackModel(Protocol):
         """One reply text per conversation (a list of {"role", "content"} messages), in order."""
 
 
+@dataclass
+class FeedbackSample:
+    """One reply of a trainable feedback model, as its update needs it.
+
+    text: the reply (what the solver is shown).
+    prompt_ids: the conversation rendered by the feedback model's chat template, in its tokenizer.
+    completion_ids: the ids it sampled, up to and including the end-of-turn token it stopped on.
+    """
+
+    text: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+
+
+def render_prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
+    """The conversation as the feedback model sees it: its own chat template, ready for its reply."""
+    rendered = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def stop_ids(tokenizer, model) -> set[int]:
+    """Token ids that end a reply: the generation config's EOS ids (a list for e.g. Llama 3) and the tokenizer's."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return {i for i in ids if i is not None}
+
+
+def cut_at_stop(ids: list[int], stops: set[int]) -> list[int]:
+    """The ids up to and including the first stop token (what follows it is padding)."""
+    for k, tok in enumerate(ids):
+        if tok in stops:
+            return ids[: k + 1]
+    return ids
+
+
 class FeedbackServerError(RuntimeError):
     """The feedback model's server is unreachable, too slow, or answered nothing usable."""
 
 
 class TransformersFeedbackModel:
-    """A frozen causal LM run in this process: eval mode, no gradients, never handed to the optimizer."""
+    """A causal LM run in this process. Frozen (eval mode, no gradients, never handed to an optimizer) unless
+    `trainable` (float32 weights, for mtgrpo/feedback_training.py, which owns its optimizer)."""
 
     def __init__(
         self,
@@ -50,6 +91,7 @@ class TransformersFeedbackModel:
         temperature: float = 0.0,
         batch_size: int = 16,
         dtype: str = "auto",
+        trainable: bool = False,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -67,23 +109,25 @@ class TransformersFeedbackModel:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"  # batched generation: every prompt ends where generation starts
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device)
-        self.model.eval()
-        self.model.requires_grad_(False)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype="float32" if trainable else dtype)
+        self.model.to(self.device).eval()
+        self.model.requires_grad_(trainable)
         self.max_new_tokens, self.temperature, self.batch_size = max_new_tokens, temperature, batch_size
+        self.stops = stop_ids(self.tokenizer, self.model)
 
     def generate(self, conversations: list[Conversation]) -> list[str]:
+        return [s.text for s in self.sample(conversations)]
+
+    def sample(self, conversations: list[Conversation]) -> list[FeedbackSample]:
         import torch
 
-        texts: list[str] = []
+        samples: list[FeedbackSample] = []
+        training = self.model.training
+        self.model.eval()
         for start in range(0, len(conversations), self.batch_size):
             chunk = conversations[start : start + self.batch_size]
-            rendered = [
-                self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
-                for c in chunk
-            ]
-            batch = self.tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False)
-            batch = batch.to(self.device)
+            prompts = [render_prompt_ids(self.tokenizer, c) for c in chunk]
+            batch = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(self.device)
             sampling = (
                 {"do_sample": True, "temperature": self.temperature, "top_p": 1.0, "top_k": 0}
                 if self.temperature > 0
@@ -96,9 +140,12 @@ class TransformersFeedbackModel:
                     pad_token_id=self.tokenizer.pad_token_id,
                     **sampling,
                 )
-            new = out[:, batch["input_ids"].shape[1] :]
-            texts.extend(t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
-        return texts
+            for prompt, new in zip(prompts, out[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
+                ids = cut_at_stop(new, self.stops)
+                text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                samples.append(FeedbackSample(text=text, prompt_ids=prompt, completion_ids=ids))
+        self.model.train(training)
+        return samples
 
 
 class ServerFeedbackModel:
@@ -276,11 +323,22 @@ def problem_messages(rollout, chat=None) -> Conversation:
     ]
 
 
+def ask(model: FeedbackModel, conversations: list[Conversation], owners) -> list[str]:
+    """One reply text per conversation. A trainable feedback model (one with `sample`) also leaves each reply's
+    FeedbackSample in its owner rollout's `state["feedback_sample"]`, for the feedback model's own update."""
+    if not hasattr(model, "sample"):
+        return model.generate(conversations)
+    samples = model.sample(conversations)
+    for owner, sample in zip(owners, samples, strict=True):
+        owner.state["feedback_sample"] = sample
+    return [s.text for s in samples]
+
+
 def write_feedback(
     model: FeedbackModel, rollouts, request_for, chat=None, key: str = "model_feedback"
 ) -> None:
     """One batched call: the feedback model answers [problem, the rollout's first solver turn, request_for(rollout)]
-    for every rollout, and each text lands in `rollout.state[key]`."""
+    for every rollout, and each text lands in `rollout.state[key]` (a trainable model's sample, see `ask`)."""
     if not rollouts:
         return
     conversations = [
@@ -291,5 +349,5 @@ def write_feedback(
         ]
         for r in rollouts
     ]
-    for rollout, text in zip(rollouts, model.generate(conversations), strict=True):
+    for rollout, text in zip(rollouts, ask(model, conversations, rollouts), strict=True):
         rollout.state[key] = text

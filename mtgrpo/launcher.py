@@ -15,9 +15,10 @@ When the recipe says `use_vllm: true` and `vllm_mode: server`, there are two lay
   GPUs (data parallel, tensor parallel k), bound to 0.0.0.0 at ADDRESS, and the other nodes train on all theirs.
 Without GPUs, the launcher runs `python -m mtgrpo.train` directly.
 
-A recipe with `feedback_source: model` and a loopback `feedback_server_url` (http://127.0.0.1:PORT) gets a second,
-plain OpenAI-compatible vLLM server for the frozen feedback model on the next GPU (single-node runs; every
-training process calls it). See docs/feedback_model.md.
+A recipe with `feedback_source: model` and a loopback `feedback_server_url` (http://127.0.0.1:PORT) gets a second
+vLLM server for the feedback model on the next GPU (single-node runs; every training process calls it): a plain
+OpenAI-compatible one for a frozen model, TRL's weight-transfer kind for a trained one (`train_feedback_model`).
+See docs/feedback_model.md.
 
 A node other than the main one watches the main node's rendezvous port and stops with a clear message when it
 stays unreachable for --peer-timeout seconds, instead of hanging until NCCL's 30-minute timeout. On SIGTERM or
@@ -153,14 +154,15 @@ def _vllm_serve_command(
     tensor_parallel: int,
     host: str = LOOPBACK,
     data_parallel: int = 1,
+    model_key: str = "model_name_or_path",
 ) -> list[str]:
     # TRL builds the exact `vllm serve` line its server mode needs (dev-mode weight transfer, processed logprobs,
     # uncapped logprobs, scale-out routes on vLLM >= 0.30); reuse it instead of copying the flag list.
     from trl.scripts.vllm_serve import ScriptArguments, build_command
 
-    model = _setting(recipe, overrides, "model_name_or_path")
+    model = _setting(recipe, overrides, model_key)
     if not model:
-        raise ValueError(f"Recipe {recipe_path} has no model_name_or_path for the vLLM server to load.")
+        raise ValueError(f"Recipe {recipe_path} has no {model_key} for the vLLM server to load.")
     max_len = _setting(recipe, overrides, "vllm_max_model_length")
     # GRPOConfig's 0.3 default is meant for colocate mode; a dedicated server GPU takes TRL serve's 0.9 unless
     # the recipe asks otherwise.
@@ -168,7 +170,7 @@ def _vllm_serve_command(
     args = ScriptArguments(
         model=str(model),
         # The same weights training starts from: a pinned revision must reach vLLM too.
-        revision=_setting(recipe, overrides, "model_revision"),
+        revision=_setting(recipe, overrides, "model_revision") if model_key == "model_name_or_path" else None,
         host=host,
         port=port,
         tensor_parallel_size=tensor_parallel,
@@ -384,7 +386,7 @@ class _FeedbackServer:
 def _feedback_server(
     recipe_path, recipe, overrides, num_nodes, free_gpus, log_path, notes, python=sys.executable
 ) -> _FeedbackServer | None:
-    """The frozen feedback model's vLLM server, when the recipe wants one on loopback; None otherwise."""
+    """The feedback model's vLLM server, when the recipe wants one on loopback; None otherwise."""
     from urllib.parse import urlparse
 
     url = _setting(recipe, overrides, "feedback_server_url")
@@ -406,20 +408,28 @@ def _feedback_server(
     if not model:
         raise ValueError(f"Recipe {recipe_path} has feedback_source: model but no feedback_model_name_or_path.")
     port = parsed.port or 80
-    max_len = _setting(recipe, overrides, "vllm_max_model_length")
-    # A frozen model needs no weight transfer: a plain OpenAI-compatible server, loopback only.
-    argv = [
-        python, "-m", "vllm.entrypoints.cli.main", "serve", str(model),
-        "--host", LOOPBACK, "--port", str(port), "--served-model-name", str(model),
-        "--gpu-memory-utilization", str(float(_setting(recipe, overrides, "vllm_gpu_memory_utilization", 0.9))),
-    ]
-    if max_len is not None:
-        argv += ["--max-model-len", str(int(max_len))]
-    notes.append(f"feedback model {model}: its own vLLM server on GPU {free_gpus[0]} at {LOOPBACK}:{port}")
+    gpu = {"CUDA_VISIBLE_DEVICES": free_gpus[0]}
+    if _setting(recipe, overrides, "train_feedback_model", False):
+        # A trained feedback model's weights are pushed to it after each of its updates: TRL's weight-transfer server,
+        # like the rollout server, on loopback (its weight-update routes have no authentication).
+        argv = _vllm_serve_command(recipe_path, recipe, overrides, port, 1, model_key="feedback_model_name_or_path")
+        command = Command(argv, {**gpu, "VLLM_SERVER_DEV_MODE": "1"})
+        kind = "trained, weight transfer on"
+    else:
+        # A frozen model needs no weight transfer: a plain OpenAI-compatible server, loopback only.
+        argv = [
+            python, "-m", "vllm.entrypoints.cli.main", "serve", str(model),
+            "--host", LOOPBACK, "--port", str(port), "--served-model-name", str(model),
+            "--gpu-memory-utilization", str(float(_setting(recipe, overrides, "vllm_gpu_memory_utilization", 0.9))),
+        ]
+        max_len = _setting(recipe, overrides, "vllm_max_model_length")
+        if max_len is not None:
+            argv += ["--max-model-len", str(int(max_len))]
+        command = Command(argv, gpu)
+        kind = "frozen"
+    notes.append(f"feedback model {model} ({kind}): its own vLLM server on GPU {free_gpus[0]} at {LOOPBACK}:{port}")
     return _FeedbackServer(
-        Command(argv, {"CUDA_VISIBLE_DEVICES": free_gpus[0]}),
-        str(Path(log_path).with_name("vllm-feedback-server.log")),
-        f"http://{LOOPBACK}:{port}/health",
+        command, str(Path(log_path).with_name("vllm-feedback-server.log")), f"http://{LOOPBACK}:{port}/health"
     )
 
 

@@ -12,7 +12,9 @@ What is overridden, and why (everything else — losses, KL, vLLM weight sync, l
 - `_generate_and_score_completions`: replaces the (B,) advantages with (B, T) per-turn advantages (also in the
   completions table), logs the per-turn metrics and writes episode transcripts;
 - `_compute_loss` (only with a positive `turn_kl` coefficient, mtgrpo/turn_kl.py): adds a per-credit-key KL term
-  on TRL's own reference log-probs and per-token KL.
+  on TRL's own reference log-probs and per-token KL;
+- checkpoint save / load and `save_model` (only with `train_feedback_model`, mtgrpo/feedback_training.py): also the
+  feedback policy's weights, optimizer and update count.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .advantages import token_advantages
 from .chat import ChatTurns, check_prompt_lengths
 from .config import MTGRPOConfig
 from .episodes import build_episode, run_episodes
+from .feedback_training import FeedbackPolicyMixin
 from .history import LogHistoryCallback
 from .metrics import self_correction_metrics
 from .transcripts import episode_records, write_transcripts
@@ -37,7 +40,9 @@ from .turn_kl import TurnKLMixin
 logger = logging.getLogger(__name__)
 
 
-class MultiTurnGRPOTrainer(TurnKLMixin, GRPOTrainer):  # TurnKLMixin: per-credit-key KL (`turn_kl`), mtgrpo/turn_kl.py
+# TurnKLMixin: per-credit-key KL (`turn_kl`), mtgrpo/turn_kl.py; FeedbackPolicyMixin: bi-level training
+# (`train_feedback_model`), mtgrpo/feedback_training.py.
+class MultiTurnGRPOTrainer(FeedbackPolicyMixin, TurnKLMixin, GRPOTrainer):
     """GRPO over multi-turn episodes. Takes GRPOTrainer's arguments plus an optional `episode` object
     (default: the protocol named by `args.episode`)."""
 
@@ -64,6 +69,7 @@ class MultiTurnGRPOTrainer(TurnKLMixin, GRPOTrainer):  # TurnKLMixin: per-credit
         # one process (which would leave the others waiting in a collective).
         for split, dataset in (("training", self.train_dataset), ("evaluation", self.eval_dataset)):
             check_prompt_lengths(self.chat_turns, dataset, self.args.max_prompt_length, self._chat_tools(), split)
+        self._init_feedback_policy()  # train_feedback_model: the feedback model as a second policy (after the checks)
         names = list(self.reward_func_names)
         self._correctness_index = names.index(self.args.correctness_reward) if self.args.correctness_reward in names else None
         if self._correctness_index is None:
@@ -196,6 +202,7 @@ class MultiTurnGRPOTrainer(TurnKLMixin, GRPOTrainer):  # TurnKLMixin: per-credit
         local_adv = {k: v[start : start + len(inputs)].cpu() for k, v in global_adv.items()}
         width = output["completion_ids"].size(1)
         output["advantages"] = token_advantages(self._rollouts, local_adv, width).to(device)
+        self._collect_feedback_samples(self._rollouts, local_adv)
         self._log_turn_advantages(local_adv)
         self._log_turn_metrics(mode, device)
         if mode == "train" and self.args.episode_log_steps and self.state.global_step % self.args.episode_log_steps == 0:
@@ -206,6 +213,7 @@ class MultiTurnGRPOTrainer(TurnKLMixin, GRPOTrainer):  # TurnKLMixin: per-credit
                 output["advantages"],
                 first_index=start,
                 num_generations=num_generations,
+                **self._feedback_transcript_fields(local_adv),
             )
             records = gather_object(records)
             if self.accelerator.is_main_process:

@@ -15,21 +15,35 @@ def _float_or_none(x) -> float | None:
     return None if math.isnan(x) else x
 
 
-def episode_records(inputs, rollouts, credit_rewards, token_advantages, first_index: int, num_generations: int):
-    """One dict per local episode. `credit_rewards` maps credit keys to (local) reward tensors."""
+def episode_records(
+    inputs,
+    rollouts,
+    credit_rewards,
+    token_advantages,
+    first_index: int,
+    num_generations: int,
+    feedback_credit: str | None = None,
+    feedback_advantages=None,
+):
+    """One dict per local episode. `credit_rewards` maps credit keys to (local) reward tensors. With a trained
+    feedback model (`feedback_credit`, its (local) `feedback_advantages`), a turn it wrote is shown as trained, with
+    the reward and advantage of its own update (the turn stays masked in the solver's stream)."""
     records = []
     for b, (row, rollout) in enumerate(zip(inputs, rollouts, strict=True)):
         turn_segments = rollout.turns()
         advantages = mean_turn_advantages(rollout, token_advantages[b].cpu())
         turns = []
         for seg, adv in zip(turn_segments, advantages, strict=True):
-            reward = credit_rewards[seg.credit][b] if seg.credit in credit_rewards else None
+            credit, trained = seg.credit, seg.trained
+            if feedback_credit and seg.policy == "feedback" and "feedback_sample" in rollout.state:
+                credit, trained, adv = feedback_credit, True, float(feedback_advantages[b])
+            reward = credit_rewards[credit][b] if credit in credit_rewards else None
             turns.append(
                 {
                     "role": seg.role,
                     "policy": seg.policy,
                     "text": seg.text,
-                    "trained": seg.trained,
+                    "trained": trained,
                     "reward": None if reward is None else _float_or_none(reward),
                     "advantage": adv,
                 }

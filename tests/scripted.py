@@ -1,4 +1,23 @@
-"""Test helpers shared by the episode and trainer tests: scripted generation and a rollout spy (no model needed)."""
+"""Test helpers shared by the episode and trainer tests: scripted generation, a rollout spy and threads standing in
+for processes (no model needed)."""
+
+import threading
+
+# A real training run on the tiny models (tests/conftest.py) that takes seconds: MTGRPOConfig(output_dir=...,
+# **TINY_RUN, ...).
+TINY_RUN = dict(
+    per_device_train_batch_size=4,
+    num_generations=2,
+    max_completion_length=6,
+    max_steps=1,
+    learning_rate=1e-2,
+    report_to=[],
+    logging_steps=1,
+    gradient_checkpointing=False,
+    use_cpu=True,
+    save_strategy="no",
+    seed=0,
+)
 
 
 class ScriptedGenerate:
@@ -31,3 +50,17 @@ def spy_rollouts(trainer) -> dict:
 
     trainer.rollout_func = spy
     return seen
+
+
+class Collective:
+    """all_gather over threads standing in for processes."""
+
+    def __init__(self, world: int):
+        self.world, self.barrier, self.values = world, threading.Barrier(world, timeout=60), [None] * world
+
+    def all_gather(self, rank: int, value):
+        self.values[rank] = value
+        self.barrier.wait()
+        out = list(self.values)
+        self.barrier.wait()
+        return out

@@ -13,6 +13,7 @@ import threading
 import zlib
 
 import pytest
+from scripted import Collective
 
 from mtgrpo.chat import ChatTurns
 from mtgrpo.episodes import ToolEpisode, run_episodes
@@ -20,20 +21,6 @@ from mtgrpo.episodes import ToolEpisode, run_episodes
 
 def lookup(query: str) -> str:
     return f"Result for {query}."
-
-
-class Collective:
-    """all_gather over threads standing in for processes."""
-
-    def __init__(self, world: int):
-        self.world, self.barrier, self.values = world, threading.Barrier(world, timeout=60), [None] * world
-
-    def all_gather(self, rank: int, value):
-        self.values[rank] = value
-        self.barrier.wait()
-        out = list(self.values)
-        self.barrier.wait()
-        return out
 
 
 def fingerprint(ids) -> str:

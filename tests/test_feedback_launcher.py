@@ -67,3 +67,20 @@ def test_dry_run_cli_shows_both_servers():
     servers = [line for line in out.splitlines() if " serve " in line]
     assert len(servers) == 2 and "VLLM_SERVER_DEV_MODE=1" in servers[0] and "--port 8001" in servers[1]
     assert "stop the vLLM servers" in out
+
+
+def test_trained_feedback_model_gets_a_weight_transfer_server():
+    plan = plan_launch(REPO / BILEVEL, num_gpus=8, python="python")
+    fb = plan.feedback_server
+    assert fb.env == {
+        "CUDA_VISIBLE_DEVICES": "1",
+        "VLLM_SERVER_DEV_MODE": "1",
+    }  # weights are pushed after updates
+    assert fb.argv[fb.argv.index("serve") + 1] == "meta-llama/Llama-3.2-1B-Instruct"
+    assert _after(fb.argv, "--port") == "8001" and _after(fb.argv, "--host") == "127.0.0.1"
+    assert "--weight-transfer-config" in fb.argv
+    assert plan.train.env["CUDA_VISIBLE_DEVICES"] == "2,3,4,5,6,7"
+    frozen = plan_launch(
+        REPO / BILEVEL, num_gpus=8, python="python", train_overrides=["--train_feedback_model", "false"]
+    )
+    assert "--weight-transfer-config" not in frozen.feedback_server.argv

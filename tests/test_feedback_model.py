@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 from datasets import Dataset
-from scripted import ScriptedGenerate
+from scripted import TINY_RUN, ScriptedGenerate
 
 from mtgrpo.chat import ChatTurns
 from mtgrpo.config import MTGRPOConfig
@@ -319,7 +319,7 @@ def _config(**fields):
         ({"feedback_source": "model"}, "feedback_source=model needs feedback_model_name_or_path"),
         (
             {"feedback_source": "model", "feedback_model_name_or_path": "m", "train_feedback_model": True},
-            "train_feedback_model=true .* not implemented yet",
+            "train_feedback_model=true needs feedback_temperature > 0",
         ),
         (
             {"feedback_source": "model", "feedback_model_name_or_path": "m", "train_feedback": True},
@@ -378,17 +378,7 @@ def test_one_training_step_with_an_in_process_frozen_feedback_model(tiny_model_d
 
     args = MTGRPOConfig(
         output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_completion_length=6,
-        max_steps=1,
-        learning_rate=1e-2,
-        report_to=[],
-        logging_steps=1,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        save_strategy="no",
-        seed=0,
+        **TINY_RUN,
         episode_log_steps=1,
         feedback_source="model",
         feedback_model_name_or_path=str(tiny_model_dir),

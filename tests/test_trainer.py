@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from datasets import Dataset
-from scripted import spy_rollouts
+from scripted import TINY_RUN, spy_rollouts
 
 from mtgrpo import MTGRPOConfig, MultiTurnGRPOTrainer
 
@@ -28,19 +28,7 @@ def _dataset(n=8):
 
 def _trainer(tiny_model_dir, tmp_path, batch_size=4, **overrides):
     args = MTGRPOConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=batch_size,
-        num_generations=2,
-        max_completion_length=6,
-        max_steps=1,
-        learning_rate=1e-2,
-        report_to=[],
-        logging_steps=1,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        save_strategy="no",
-        seed=0,
-        **overrides,
+        output_dir=str(tmp_path), **{**TINY_RUN, "per_device_train_batch_size": batch_size, **overrides}
     )
     return MultiTurnGRPOTrainer(
         model=str(tiny_model_dir),

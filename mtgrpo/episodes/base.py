@@ -109,7 +109,8 @@ class Episode(Protocol):
     # Optional hooks (see tool.py, refine.py): `bind(chat: ChatTurns)` gives an episode the tokenizer before its first
     # turn; `prepare_turn(rollouts, turn_index)` runs batched work (e.g. executing turn-1 programs) once before each
     # turn's `next_turn` calls; `reward_kwargs(rollouts) -> dict[str, list]` adds per-episode columns to the reward
-    # functions' kwargs. Each rollout's dataset row (when the caller has it) is `rollout.state["row"]`.
+    # functions' kwargs; `shared_first_context = False` when the copies of a prompt differ before the first generated
+    # turn. Each rollout's dataset row (when the caller has it) is `rollout.state["row"]`.
 
 
 def run_episodes(
@@ -125,7 +126,8 @@ def run_episodes(
 
     `prompt_ids` arrive repeated `num_generations` times per prompt (TRL's sampler does this), so the first turn
     passes `num_generations` to the backend (vLLM server de-duplicates and samples n per prompt); later turns
-    have distinct contexts and pass 1.
+    have distinct contexts and pass 1, and so does the first when the episode's `shared_first_context` is false
+    (each copy got its own injected text before it, e.g. a sampled plan).
 
     Every process passes the SAME number of contexts in every call. TRL's vLLM paths (server mode, colocate with
     tensor parallelism) gather all processes' prompts and hand process k the slice [k*n, (k+1)*n): with uneven
@@ -167,7 +169,10 @@ def run_episodes(
             filler = min((r.prompt_ids for r in rollouts), key=len)
             slots = active + [None] * (width - len(active))
             contexts = [rollouts[i].context_ids() for i in active] + [filler] * (width - len(active))
-        completion_ids, logprobs = generate(contexts, num_generations if turn_index == 0 else 1)
+        # A group's copies share the first context unless the episode gave each its own (per-episode plans), and
+        # TRL's vLLM server path samples n per DISTINCT prompt only for shared ones.
+        shared = turn_index == 0 and getattr(episode, "shared_first_context", True)
+        completion_ids, logprobs = generate(contexts, num_generations if shared else 1)
         if len(completion_ids) != len(contexts):
             raise RuntimeError(
                 f"The generation backend returned {len(completion_ids)} completions for {len(contexts)} contexts."

@@ -4,9 +4,12 @@
 
 The context-generator form of MLMT-RL (g ~ pi_H(.|x), y ~ pi_L(.|x, g)) and the strategy level of ToSCA. Who writes
 the plan is `feedback_source`:
-- `model`: a separate frozen model (`feedback_model_name_or_path`, mtgrpo/feedback_model.py) answers
-  [problem, plan_prompt] once per distinct prompt, so the `num_generations` copies of a prompt share one plan (a
-  GRPO group then compares answers under the same plan, and vLLM's server mode still sees identical prompts).
+- `model`: a separate model (`feedback_model_name_or_path`, mtgrpo/feedback_model.py) answers [problem, plan_prompt].
+  Frozen, it answers once per distinct prompt, so the `num_generations` copies of a prompt share one plan (a GRPO
+  group then compares answers under the same plan, and vLLM's server mode still sees identical prompts). Trained
+  (`train_feedback_model: true`), it samples one plan per episode: a group shared by one plan would give that plan
+  advantages summing to zero, so no gradient; the group is then num_generations plans of the same problem, and
+  the solver's turn is generated with distinct contexts (`shared_first_context` false).
   The plan is injected as a masked message (role "plan", policy "feedback"); the solver turn is the only one
   generated.
 - `self`: the policy itself writes the plan under `plan_prompt` (role "plan"), then solves under
@@ -16,7 +19,8 @@ The prompt ends with the assistant header, and the plan must come before the sol
 assistant turn is closed empty with the template's end-of-turn token and the plan request (or the plan) follows as
 the next user message, with the template's own turn boundaries (ids are concatenated, never re-rendered).
 
-Credit (group-normalised; rf = R(final)): solve <- rf; plan <- rf (trained only with `self` + `train_feedback`).
+Credit (group-normalised; rf = R(final)): solve <- rf; plan <- rf (trained with `self` + `train_feedback`, or by the
+feedback model's own update with `model` + `train_feedback_model`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ class PlanEpisode:
     feedback_model: object | None = (
         None  # feedback_source=model: a FeedbackModel (generate(conversations) -> texts)
     )
+    train_feedback_model: bool = (
+        False  # feedback_source=model: one sampled plan per episode, trained on "plan"
+    )
+    feedback_credit = (
+        "plan"  # the advantage a trainable feedback model's samples get (mtgrpo/feedback_training.py)
+    )
 
     @classmethod
     def from_config(cls, args) -> PlanEpisode:
@@ -52,6 +62,7 @@ class PlanEpisode:
             plan_prompt=args.plan_prompt,
             solve_with_plan_prompt=args.solve_with_plan_prompt,
             feedback_model=model,
+            train_feedback_model=args.train_feedback_model,
         )
 
     def __post_init__(self):
@@ -70,6 +81,11 @@ class PlanEpisode:
     def num_generation_turns(self) -> int:
         return 1 if self.feedback_source == "model" else 2
 
+    @property
+    def shared_first_context(self) -> bool:
+        """Whether the copies of a prompt still share one context at the first generated turn (run_episodes)."""
+        return not self.train_feedback_model
+
     def bind(self, chat) -> None:
         self._chat = chat
 
@@ -78,17 +94,21 @@ class PlanEpisode:
         return [self._chat.end_of_turn_id, *self._chat.user_turn(message)]
 
     def prepare_turn(self, rollouts: list[Rollout], turn_index: int) -> None:
-        """Before the first turn (feedback_source=model): one plan per distinct prompt, in one batched call."""
+        """Before the first turn (feedback_source=model), in one batched call: one plan per distinct prompt (frozen),
+        or one per episode (trained)."""
         if self.feedback_source != "model" or turn_index != 0 or not rollouts:
             return
-        from ..feedback_model import problem_messages
+        from ..feedback_model import ask, problem_messages
 
         groups: dict[tuple[int, ...], list[Rollout]] = {}
         for rollout in rollouts:
-            groups.setdefault(tuple(rollout.prompt_ids), []).append(rollout)
+            key = tuple(rollout.prompt_ids) if self.shared_first_context else (id(rollout),)
+            groups.setdefault(key, []).append(rollout)
         firsts = [members[0] for members in groups.values()]
         conversations = [self._plan_request(problem_messages(r, self._chat)) for r in firsts]
-        for members, plan in zip(groups.values(), self.feedback_model.generate(conversations), strict=True):
+        for members, plan in zip(
+            groups.values(), ask(self.feedback_model, conversations, firsts), strict=True
+        ):
             for rollout in members:
                 rollout.state["plan"] = plan
 

@@ -2,15 +2,17 @@
 
 Turn 1: the policy solves. Turn 2: feedback, written either by the policy itself under a tutor prompt
 (`feedback_source: self`), taken from a fixed template (`feedback_source: template`, no generation), or written by
-a separate frozen model (`feedback_source: model`, mtgrpo/feedback_model.py: one batched call per feedback turn,
-its text injected as a masked message like the template).
+a separate model (`feedback_source: model`, mtgrpo/feedback_model.py: one batched call per feedback turn, its text
+injected as a masked message like the template; frozen, or trained on the `feedback` advantage by its own update
+with `train_feedback_model: true`, mtgrpo/feedback_training.py).
 Turn 3: the policy refines with its attempt and the feedback in context. Injected instructions are masked.
 
 Credit (each advantage group-normalised on its own; r1 = R(turn 1), rf = R(final)):
     solve    <- w * r1 + (1 - w) * rf                      (w = `turn1_reward_weight`)
     refine   <- rf + alpha * (rf - r1)                      (alpha = `refine_bonus_alpha`)
     feedback <- rf, the verifier outcome of the refined answer (MLMT-RL's reward for the feedback writer), or with
-                `feedback_reward: improvement` rf - r1 (RL-guided SCoRe; 0 where either turn is unscorable)
+                `feedback_reward: improvement` rf - r1 (RL-guided SCoRe; 0 where either turn is unscorable); it
+                trains the policy's own feedback tokens (`self`) or the separate feedback model (`model`)
 Named settings:
     w = 0, alpha = 0 (default): MLMT-RL / Bi-NAC — both solver turns are credited with the final outcome.
     w = 1, alpha > 0: SCoRe stage II — turn 1 earns its own reward, the final turn a bonus for improving on it.
@@ -46,6 +48,7 @@ class RefineEpisode:
     refine_bonus_alpha: float = 0.0
     feedback_reward: str = "outcome"  # trained feedback: "outcome" = rf (MLMT-RL), "improvement" = rf - r1
     feedback_model: object | None = None  # feedback_source=model: a FeedbackModel (generate(conversations) -> texts)
+    feedback_credit = "feedback"  # the advantage a trainable feedback model's samples get (mtgrpo/feedback_training.py)
 
     @classmethod
     def from_config(cls, args) -> RefineEpisode:
