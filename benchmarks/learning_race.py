@@ -25,7 +25,8 @@ Multi-turn variants are evaluated with their own protocol.
 
 Prints one table (steps done, training minutes, turn-1 and final accuracy, Δ, Δ^{i→c}, Δ^{c→i}) and writes it to
 OUTPUT_DIR/race_table.md. Each run trains in its own fresh Python process, and its result goes to
-OUTPUT_DIR/<variant>/race_result.json as soon as it is measured; a later call with the same budget reuses it (pass
+OUTPUT_DIR/<variant>/race_result.json as soon as it is measured (the evaluation transcripts, one per problem, to
+OUTPUT_DIR/<variant>/eval_records.jsonl); a later call with the same budget reuses it (pass
 --rerun to train again), and a failed run is reported while the others go on (exit status 1). The default budget fits
 the whole race in about 30 minutes on a 2-core CPU.
 """
@@ -33,7 +34,6 @@ the whole race in about 30 minutes on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -145,7 +145,7 @@ def budget_callback(seconds: float, label: str):
     return WallClockBudget()
 
 
-def evaluate_model(model, tokenizer, protocol_args, limit):
+def evaluate_model(model, tokenizer, protocol_args, limit, records_path: Path):
     """Greedy episodes of a protocol on the held-out split (same evaluator and split for every run: the recipes'
     data values are checked equal)."""
     from mtgrpo.data import load_recipe_split
@@ -155,10 +155,14 @@ def evaluate_model(model, tokenizer, protocol_args, limit):
 
     script_args, training_args, _ = protocol_args
     test_set = load_recipe_split(script_args, "test", seed=training_args.seed, limit=limit)
-    return evaluate(
+    result = evaluate(
         model, tokenizer, build_episode(training_args), test_set, get_reward_func(training_args.correctness_reward),
         training_args.max_completion_length, desc="eval", chat_template_kwargs=training_args.chat_template_kwargs,
-    ).metrics  # fmt: skip
+    )  # fmt: skip
+    # One transcript per problem, to read WHY a run fixes or breaks answers (turn texts, token counts, correctness).
+    records_path.parent.mkdir(parents=True, exist_ok=True)
+    records_path.write_text("".join(json.dumps(r) + "\n" for r in result.records))
+    return result.metrics
 
 
 def eval_protocol(variant: str) -> str:
@@ -179,10 +183,11 @@ def train_variant(variant: str, parsed: dict, budget_s: float, limit):
     trainer.train()
     minutes = (time.monotonic() - started) / 60
     print(f"[race] {variant}: evaluating", flush=True)
-    metrics = evaluate_model(trainer.model, trainer.processing_class, parsed[eval_protocol(variant)], limit)
+    records = Path(training_args.output_dir) / "eval_records.jsonl"
+    metrics = evaluate_model(
+        trainer.model, trainer.processing_class, parsed[eval_protocol(variant)], limit, records
+    )
     result = {"variant": variant, "steps": trainer.state.global_step, "train_minutes": minutes, **metrics}
-    del trainer
-    gc.collect()
     return result
 
 
@@ -193,7 +198,8 @@ def evaluate_untrained(protocol: str, parsed: dict, limit):
 
     path = resolve_model_path(parsed[protocol][2].model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path)
-    metrics = evaluate_model(model, AutoTokenizer.from_pretrained(path), parsed[protocol], limit)
+    records = Path(parsed[protocol][1].output_dir).parent / "untrained" / f"{protocol}_records.jsonl"
+    metrics = evaluate_model(model, AutoTokenizer.from_pretrained(path), parsed[protocol], limit, records)
     return {"variant": f"untrained ({protocol} protocol)", "steps": 0, "train_minutes": 0.0, **metrics}
 
 

@@ -52,6 +52,7 @@ CREDIT_KEYS = {
     "tool": ("pre_tool", "post_tool", "no_tool"),
     "self_correct": ("solve_stage1", "solve", "refine"),
     "mutis": ("solve", "retry"),
+    "plan": ("plan", "solve"),
 }
 
 
@@ -223,8 +224,10 @@ class MTGRPOConfig(GRPOConfig):
     feedback_lora: bool = field(
         default=False,
         metadata={
-            "help": "Both roles as two LoRA adapters on one base model (memory saving). Not implemented yet: true is "
-            "a config error."
+            "help": "train_feedback_model: both roles as two LoRA adapters on ONE base model (memory saving): the "
+            "solver is TRL's adapter (use_peft: true), the feedback writer a second adapter with the same LoRA config, "
+            "each trained only on its own role's tokens, both with the base model as KL reference. "
+            "feedback_model_name_or_path must be the solver's model."
         },
     )
     feedback_vllm_group_port: int = field(
@@ -415,10 +418,10 @@ class MTGRPOConfig(GRPOConfig):
         for name in ("feedback_learning_rate", "feedback_beta"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
-        if self.feedback_lora:
+        if self.feedback_lora and not self.train_feedback_model:
             raise ValueError(
-                "feedback_lora=true (both roles as two LoRA adapters on one base model) is not implemented yet. Set "
-                "feedback_lora: false: the trainable feedback model is then a separate full model."
+                "feedback_lora=true makes the TRAINED feedback model a second LoRA adapter on the solver's base model, "
+                "but train_feedback_model is false. Set train_feedback_model: true, or remove feedback_lora."
             )
         if not self.train_feedback_model:
             return

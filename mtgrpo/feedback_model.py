@@ -81,7 +81,8 @@ class FeedbackServerError(RuntimeError):
 
 class TransformersFeedbackModel:
     """A causal LM run in this process. Frozen (eval mode, no gradients, never handed to an optimizer) unless
-    `trainable` (float32 weights, for mtgrpo/feedback_training.py, which owns its optimizer)."""
+    `trainable` (float32 weights, for mtgrpo/feedback_training.py, which owns its optimizer). With `model`, that
+    already loaded module generates (feedback_lora: the solver's PeftModel) and only the tokenizer is loaded."""
 
     def __init__(
         self,
@@ -92,6 +93,7 @@ class TransformersFeedbackModel:
         batch_size: int = 16,
         dtype: str = "auto",
         trainable: bool = False,
+        model=None,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -109,9 +111,11 @@ class TransformersFeedbackModel:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"  # batched generation: every prompt ends where generation starts
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype="float32" if trainable else dtype)
-        self.model.to(self.device).eval()
-        self.model.requires_grad_(trainable)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype="float32" if trainable else dtype)
+            model.to(self.device).eval()
+            model.requires_grad_(trainable)
+        self.model = model
         self.max_new_tokens, self.temperature, self.batch_size = max_new_tokens, temperature, batch_size
         self.stops = stop_ids(self.tokenizer, self.model)
 

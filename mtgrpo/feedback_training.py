@@ -47,6 +47,7 @@ from .feedback_model import (
     cut_at_stop,
     render_prompt_ids,
 )
+from .feedback_weights import AdapterFeedbackModel, AdapterWeights, SeparateWeights, check_adapter_setup
 
 logger = logging.getLogger(__name__)
 
@@ -60,45 +61,43 @@ class FeedbackPolicy:
     hands it each training batch's samples with their advantages (`collect`) and calls `maybe_update` after every
     solver step (FeedbackSchedule)."""
 
-    def __init__(self, backend: TransformersFeedbackModel, args, accelerator, client=None):
+    def __init__(self, backend: TransformersFeedbackModel, args, accelerator, client=None, weights=None):
         self.backend, self.model, self.args, self.accelerator = backend, backend.model, args, accelerator
         self.device = backend.device
+        # Its own full model (SeparateWeights) or the "feedback" LoRA adapter on the solver's (AdapterWeights).
+        self.weights = weights or SeparateWeights(backend.model, args, self.device)
         self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad],
+            self.weights.params,
             lr=args.feedback_learning_rate,
             betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon,
             weight_decay=args.weight_decay,
         )
-        self.reference = None
-        if args.feedback_beta > 0:
-            from transformers import AutoModelForCausalLM
-
-            from .models import resolve_model_path
-
-            path = resolve_model_path(args.feedback_model_name_or_path)
-            self.reference = (
-                AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(self.device).eval()
-            )
-            self.reference.requires_grad_(False)
-        if args.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.client = client  # TRL's VLLMClient (or a stand-in with its methods) when a server generates
         self.updates = 0
         self._batch: list[tuple[FeedbackSample, float]] = []
 
     @classmethod
-    def from_config(cls, args, accelerator) -> FeedbackPolicy:
+    def from_config(cls, args, accelerator, solver=None) -> FeedbackPolicy:
+        """`solver`: the trainer's (unwrapped) model, which feedback_lora puts the feedback adapter on."""
         device = None if args.feedback_device == "auto" else args.feedback_device
-        backend = TransformersFeedbackModel(
-            args.feedback_model_name_or_path,
-            device=device or accelerator.device,
-            max_new_tokens=args.feedback_max_new_tokens,
-            temperature=args.feedback_temperature,
-            trainable=True,
-        )
+        options = dict(max_new_tokens=args.feedback_max_new_tokens, temperature=args.feedback_temperature)
+        weights = None
+        if args.feedback_lora:
+            check_adapter_setup(args, solver, accelerator)
+            weights = AdapterWeights(solver, args)
+            backend = AdapterFeedbackModel(
+                args.feedback_model_name_or_path, device=accelerator.device, model=solver, **options
+            )
+        else:
+            backend = TransformersFeedbackModel(
+                args.feedback_model_name_or_path,
+                device=device or accelerator.device,
+                trainable=True,
+                **options,
+            )
         client = connect_vllm(args, accelerator) if args.feedback_server_url else None
-        return cls(backend, args, accelerator, client)
+        return cls(backend, args, accelerator, client, weights)
 
     # ---- the FeedbackModel interface the episodes use -----------------------------------------------------------
 
@@ -157,7 +156,16 @@ class FeedbackPolicy:
 
     def update(self, batch: list[tuple[FeedbackSample, float]]) -> dict[str, float]:
         """One optimizer step on `batch` (see the module docstring); every process calls it together."""
-        self.model.train()
+        with self.weights.training():
+            metrics, kl_sum, total_tokens = self._step(batch)
+        self.updates += 1
+        self.sync_weights()
+        metrics["feedback/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        if self.weights.has_reference:
+            metrics["feedback/kl"] = self._sum_over_processes(kl_sum).item() / total_tokens
+        return metrics
+
+    def _step(self, batch: list[tuple[FeedbackSample, float]]):
         self.optimizer.zero_grad(set_to_none=False)
         local_tokens = sum(len(s.completion_ids) for s, _ in batch)
         total_tokens = max(self._sum_over_processes(torch.tensor(float(local_tokens))).item(), 1.0)
@@ -173,9 +181,9 @@ class FeedbackPolicy:
             high = self.args.epsilon if self.args.epsilon_high is None else self.args.epsilon_high
             clipped = torch.clamp(ratio, 1 - self.args.epsilon, 1 + high)
             per_token = -torch.min(ratio * advantages, clipped * advantages)
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref_logps, _ = self._completion_logps(self.reference, samples)
+            if self.weights.has_reference:
+                with torch.no_grad(), self.weights.reference_model() as reference:
+                    ref_logps, _ = self._completion_logps(reference, samples)
                 diff = ref_logps - logps
                 kl = torch.exp(diff) - diff - 1  # TRL's k3 estimator
                 per_token = per_token + self.args.feedback_beta * kl
@@ -185,19 +193,10 @@ class FeedbackPolicy:
             loss_sum += loss.detach()
         self._sum_gradients_over_processes()
         if self.args.max_grad_norm and self.args.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.weights.params, self.args.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.model.eval()
-        self.updates += 1
-        self.sync_weights()
-        metrics = {
-            "feedback/loss": self._sum_over_processes(loss_sum).item(),
-            "feedback/learning_rate": self.optimizer.param_groups[0]["lr"],
-        }
-        if self.reference is not None:
-            metrics["feedback/kl"] = self._sum_over_processes(kl_sum).item() / total_tokens
-        return metrics
+        return {"feedback/loss": self._sum_over_processes(loss_sum).item()}, kl_sum, total_tokens
 
     def _completion_logps(self, model, samples: list[FeedbackSample]):
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bool(self.args.bf16)):
@@ -212,20 +211,19 @@ class FeedbackPolicy:
     def _sum_gradients_over_processes(self) -> None:
         if self.accelerator.num_processes == 1:
             return
-        for p in self.model.parameters():
-            if p.requires_grad:
-                if p.grad is None:  # this process had no token reaching it; it still joins the collective
-                    p.grad = torch.zeros_like(p)
-                p.grad = self._sum_over_processes(p.grad)
+        for p in self.weights.params:
+            if p.grad is None:  # this process had no token reaching it; it still joins the collective
+                p.grad = torch.zeros_like(p)
+            p.grad = self._sum_over_processes(p.grad)
 
     def sync_weights(self) -> None:
         """Push the weights to the feedback model's vLLM server (main process), as TRL pushes the solver's."""
         if self.client is None:
             return
         if self.accelerator.is_main_process:
-            named = [(name, p.data) for name, p in self.model.named_parameters()]
-            metadata = [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in named]
-            self.client.update_named_params(metadata, iter(named))
+            with self.weights.vllm_named_params() as named:
+                metadata = [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in named]
+                self.client.update_named_params(metadata, iter(named))
             self.client.reset_prefix_cache()
         self.accelerator.wait_for_everyone()  # nobody samples from the server before it has the new weights
 
@@ -235,7 +233,7 @@ class FeedbackPolicy:
         """Weights and tokenizer; with `optimizer`, also its state and the update count (written last)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory)
+        self.weights.save(directory)
         self.backend.tokenizer.save_pretrained(directory)
         if optimizer:
             torch.save(self.optimizer.state_dict(), directory / _OPTIMIZER_FILE)
@@ -243,8 +241,6 @@ class FeedbackPolicy:
 
     def load(self, directory: str | Path) -> None:
         """Back to a checkpoint's feedback weights, optimizer and update count (and push them to the server)."""
-        from transformers import AutoModelForCausalLM
-
         directory = Path(directory)
         if not (directory / _STATE_FILE).is_file():
             raise ValueError(
@@ -252,8 +248,7 @@ class FeedbackPolicy:
                 "state): it was saved by a run without train_feedback_model. Resume with the settings that saved it, "
                 "or start in a new output_dir."
             )
-        saved = AutoModelForCausalLM.from_pretrained(directory, dtype="float32")
-        self.model.load_state_dict(saved.state_dict())
+        self.weights.load(directory)
         state = torch.load(directory / _OPTIMIZER_FILE, map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state)
         self.updates = json.loads((directory / _STATE_FILE).read_text())["updates"]
@@ -332,7 +327,7 @@ class FeedbackPolicyMixin:
                 f"train_feedback_model=true needs an episode with a feedback model (refine or plan), not "
                 f"{type(self.episode).__name__}."
             )
-        self.feedback_policy = FeedbackPolicy.from_config(self.args, self.accelerator)
+        self.feedback_policy = FeedbackPolicy.from_config(self.args, self.accelerator, solver=self.model)
         self.episode.feedback_model = self.feedback_policy  # the episode asks it; it keeps its samples
         self.add_callback(FeedbackSchedule(self.feedback_policy, self._metrics["train"]))
 

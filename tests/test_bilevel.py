@@ -44,7 +44,7 @@ def _args(tmp_path, tiny_feedback_model_dir, **overrides):
     return MTGRPOConfig(**fields)
 
 
-def _trainer(args, model_dir):
+def _trainer(args, model_dir, peft_config=None):
     dataset = Dataset.from_list(
         [
             {"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "answer": str(2 * i)}
@@ -56,6 +56,7 @@ def _trainer(args, model_dir):
         reward_funcs=[length_reward, math_answer_correct],
         args=args,
         train_dataset=dataset,
+        peft_config=peft_config,
     )
 
 
@@ -73,6 +74,32 @@ def _hidden_grads(module, grads: list):
 
 def _changed(before: dict, model) -> bool:
     return any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _assert_solver_gradient_only_on_its_tokens(inputs, grad):
+    """`grad`: the final norm's output gradient in the solver's loss (see _hidden_grads)."""
+    trained = (inputs["completion_mask"] * inputs["tool_mask"]).bool()
+    width = trained.shape[1]  # position P - 1 + j predicts completion token j; nothing before P - 1 is scored
+    reached = grad.abs().sum(-1) > 0
+    assert not reached[:, : -(width + 1)].any() and not reached[:, -1].any()
+    reached = reached[:, -(width + 1) : -1]
+    assert reached.any() and not (reached & ~trained).any()
+    assert ((inputs["completion_mask"] > 0) & (inputs["tool_mask"] == 0)).any()  # feedback tokens were there
+
+
+def _assert_feedback_gradient_only_on_its_tokens(batch, fgrad):
+    """`fgrad`: the final norm's output gradient in the feedback update, on the samples of `batch`."""
+    assert len(batch) == 4 and all(isinstance(s, FeedbackSample) and s.completion_ids for s, _ in batch)
+    assert any(a != 0 for _, a in batch)
+    lengths = torch.tensor([len(s.completion_ids) for s, _ in batch])
+    width = int(lengths.max())
+    own = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    freached = fgrad.abs().sum(-1) > 0
+    assert (
+        not freached[:, : -(width + 1)].any() and not freached[:, -1].any()
+    )  # its prompt: the solver's attempt
+    freached = freached[:, -(width + 1) : -1]
+    assert freached.any() and not (freached & ~own).any()
 
 
 @pytest.mark.parametrize("episode", ["refine", "plan"])
@@ -109,27 +136,11 @@ def test_one_bilevel_step_trains_each_policy_only_on_its_own_tokens(
     assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} <= solver_ids
     (inputs,) = solver_inputs
     (grad,) = solver_grads
-    trained = (inputs["completion_mask"] * inputs["tool_mask"]).bool()
-    width = trained.shape[1]  # position P - 1 + j predicts completion token j; nothing before P - 1 is scored
-    reached = grad.abs().sum(-1) > 0
-    assert not reached[:, : -(width + 1)].any() and not reached[:, -1].any()
-    reached = reached[:, -(width + 1) : -1]
-    assert reached.any() and not (reached & ~trained).any()
-    assert ((inputs["completion_mask"] > 0) & (inputs["tool_mask"] == 0)).any()  # feedback tokens were there
+    _assert_solver_gradient_only_on_its_tokens(inputs, grad)
     # The feedback model: gradient reaches the logits of the completion ids it sampled, in its own tokenizer, only.
     (batch,) = feedback_batches
-    assert len(batch) == 4 and all(isinstance(s, FeedbackSample) and s.completion_ids for s, _ in batch)
-    assert any(a != 0 for _, a in batch)
     (fgrad,) = feedback_grads
-    lengths = torch.tensor([len(s.completion_ids) for s, _ in batch])
-    width = int(lengths.max())
-    own = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
-    freached = fgrad.abs().sum(-1) > 0
-    assert (
-        not freached[:, : -(width + 1)].any() and not freached[:, -1].any()
-    )  # its prompt: the solver's attempt
-    freached = freached[:, -(width + 1) : -1]
-    assert freached.any() and not (freached & ~own).any()
+    _assert_feedback_gradient_only_on_its_tokens(batch, fgrad)
     assert _changed(solver_before, solver) and _changed(feedback_before, feedback)
     logged = {k: v for entry in trainer.state.log_history for k, v in entry.items()}
     assert logged["feedback/learning_rate"] == pytest.approx(1e-2) and "feedback/loss" in logged
@@ -309,12 +320,17 @@ class ThreadAccelerator:
         self.collective.barrier.wait()
 
 
+@pytest.mark.parametrize("weights", ["separate", "lora"])
 def test_two_processes_keep_identical_feedback_copies_equal_to_one_update_on_all_samples(
-    tiny_feedback_model_dir, tmp_path
+    tiny_feedback_model_dir, tmp_path, weights
 ):
     import threading
 
-    args = _args(tmp_path, tiny_feedback_model_dir)
+    from peft import LoraConfig, get_peft_model
+
+    from mtgrpo.feedback_weights import AdapterFeedbackModel, AdapterWeights
+
+    args = _args(tmp_path, tiny_feedback_model_dir, feedback_lora=weights == "lora")
     gen = torch.Generator().manual_seed(0)
 
     def sample(prompt_len, completion_len):
@@ -327,11 +343,19 @@ def test_two_processes_keep_identical_feedback_copies_equal_to_one_update_on_all
     ]  # uneven, as processes may be
 
     def policy(accelerator):
-        return FeedbackPolicy(
-            TransformersFeedbackModel(str(tiny_feedback_model_dir), device="cpu", trainable=True),
-            args,
-            accelerator,
-        )
+        if weights == "separate":
+            backend = TransformersFeedbackModel(str(tiny_feedback_model_dir), device="cpu", trainable=True)
+            return FeedbackPolicy(backend, args, accelerator)
+        # feedback_lora: each "process" has the solver's PeftModel; the feedback adapter is what is trained.
+        base = TransformersFeedbackModel(str(tiny_feedback_model_dir), device="cpu").model
+        torch.manual_seed(0)  # same initial adapters on every process, as TRL's set_seed gives
+        lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+        solver = get_peft_model(base, lora)
+        backend = AdapterFeedbackModel(str(tiny_feedback_model_dir), device="cpu", model=solver)
+        policy = FeedbackPolicy(backend, args, accelerator, weights=AdapterWeights(solver, args))
+        for p in policy.weights.params:  # LoRA's B starts at zero: give the update a gradient on A too
+            p.data.normal_(0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+        return policy
 
     collective = Collective(2)
     ranks = [policy(ThreadAccelerator(collective, rank)) for rank in range(2)]
@@ -425,10 +449,7 @@ MODEL = {"feedback_source": "model", "feedback_model_name_or_path": "m", "feedba
             {**MODEL, "train_feedback_model": True, "feedback_temperature": 0.0},
             "needs feedback_temperature > 0",
         ),
-        (
-            {**MODEL, "train_feedback_model": True, "feedback_lora": True},
-            "feedback_lora=true .* not implemented yet",
-        ),
+        ({**MODEL, "feedback_lora": True}, "feedback_lora=true .* train_feedback_model is false"),
         ({**MODEL, "train_feedback_model": True, "feedback_api_key_env": "K"}, "a hosted API cannot"),
         ({**MODEL, "feedback_reward": "improvement"}, "no feedback tokens are trained"),
     ],

@@ -452,6 +452,10 @@ def test_uniform_turn_kl_equals_trl_beta_for_every_loss_type(tiny_model_dir, tmp
 def test_turn_kl_config_errors():
     with pytest.raises(ValueError, match=r"Unknown credit key 'turn1' in turn_kl for episode 'refine'.*'solve'"):
         _config(turn_kl={"turn1": 0.1})
+    with pytest.raises(
+        ValueError, match=r"Unknown credit key 'refine' in turn_kl for episode 'plan'.*'plan'"
+    ):
+        _config(episode="plan", feedback_source="self", turn_kl={"refine": 0.1})
     with pytest.raises(ValueError, match=r"turn_kl\['solve'\]=-0.1 is negative.*>= 0"):
         _config(turn_kl={"solve": -0.1})
     with pytest.raises(ValueError, match="must be a number"):

@@ -1,0 +1,208 @@
+"""Where a trainable feedback policy's weights live: its own full model, or a LoRA adapter on the solver's model.
+
+FeedbackPolicy (mtgrpo/feedback_training.py) trains through one of these; both give it the same five things: the
+parameters its optimizer owns, a context to train them in, the frozen reference for its KL, the named weights to push
+to its vLLM server, and save/load.
+
+- `SeparateWeights` (default): a second full model, loaded from `feedback_model_name_or_path`, with its own frozen
+  copy as the KL reference (loaded only when `feedback_beta` > 0).
+- `AdapterWeights` (`feedback_lora: true`): both roles on ONE base model, the solver's PeftModel (`use_peft: true`).
+  The solver is TRL's LoRA adapter ("default"); the feedback writer is a second adapter, "feedback", with the same
+  LoRA config. Only the active adapter takes part in a forward pass, and PEFT's `set_adapter` marks only the active
+  adapter's parameters as requiring grad, so each adapter is trained only on its own role's tokens: TRL's solver
+  loss runs with "default" active (its optimizer, built from the parameters requiring grad when training starts,
+  holds "default" only), the feedback update with "feedback" active. The KL reference of both is the base model
+  (adapters disabled), as TRL does for the solver: no extra copy in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+
+from .feedback_model import Conversation, FeedbackSample, TransformersFeedbackModel
+
+FEEDBACK_ADAPTER = "feedback"
+# Not PEFT's adapter_model.safetensors: transformers would take a checkpoint subfolder holding that file for an
+# adapter of its own and load it as a third adapter on resume.
+_ADAPTER_WEIGHTS = "feedback_adapter.safetensors"
+
+
+class SeparateWeights:
+    """The feedback policy as its own full model (float32, trainable, on the feedback device)."""
+
+    def __init__(self, model, args, device):
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.reference = None
+        if args.feedback_beta > 0:
+            from transformers import AutoModelForCausalLM
+
+            from .models import resolve_model_path
+
+            path = resolve_model_path(args.feedback_model_name_or_path)
+            self.reference = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device).eval()
+            self.reference.requires_grad_(False)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    @property
+    def has_reference(self) -> bool:
+        return self.reference is not None
+
+    @contextmanager
+    def training(self):
+        self.model.train()
+        try:
+            yield
+        finally:
+            self.model.eval()
+
+    def reference_model(self):
+        return nullcontext(self.reference)
+
+    @contextmanager
+    def vllm_named_params(self) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        yield [(name, p.data) for name, p in self.model.named_parameters()]
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
+    def load(self, directory: Path) -> None:
+        from transformers import AutoModelForCausalLM
+
+        saved = AutoModelForCausalLM.from_pretrained(directory, dtype="float32")
+        self.model.load_state_dict(saved.state_dict())
+
+
+@contextmanager
+def using_adapter(model, name: str | None):
+    """`model` (a PeftModel) with only adapter `name` active, or with every adapter disabled for None; restored after."""
+    if name is None:
+        with model.disable_adapter():
+            yield model
+        return
+    previous = model.active_adapter
+    model.set_adapter(name)
+    try:
+        yield model
+    finally:
+        model.set_adapter(previous)
+
+
+class AdapterWeights:
+    """The feedback policy as the "feedback" LoRA adapter on the solver's PeftModel (see the module docstring)."""
+
+    def __init__(self, peft_model, args):
+        solver_adapter = peft_model.active_adapter
+        if FEEDBACK_ADAPTER not in peft_model.peft_config:
+            # Same rank, alpha, targets and dropout as the solver's adapter; LoRA's B starts at zero, so the feedback
+            # writer starts as the base model, like the solver. add_adapter leaves the new adapter inactive and frozen.
+            peft_model.add_adapter(FEEDBACK_ADAPTER, copy.deepcopy(peft_model.peft_config[solver_adapter]))
+        self.model, self.solver_adapter = peft_model, solver_adapter
+        marker = f".{FEEDBACK_ADAPTER}."
+        self.params = [p for name, p in peft_model.named_parameters() if marker in name]
+        self.has_reference = args.feedback_beta > 0
+
+    @contextmanager
+    def training(self):
+        """The feedback adapter active and trainable, the solver's frozen; the solver's mode and adapter restored."""
+        was_training = self.model.training
+        with using_adapter(self.model, FEEDBACK_ADAPTER):
+            self.model.train()
+            try:
+                yield
+            finally:
+                self.model.train(was_training)
+
+    def reference_model(self):
+        return using_adapter(self.model, None)
+
+    @contextmanager
+    def vllm_named_params(self) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """The base weights with the feedback adapter merged in, under the base model's names (what a vLLM server of
+        the base model holds), as TRL pushes the solver's merged adapter; unmerged when the context ends, so push
+        them inside it."""
+        prefix = self.model.prefix  # "lora_"
+        with using_adapter(self.model, FEEDBACK_ADAPTER):
+            self.model.merge_adapter()
+            try:
+                yield [
+                    (name.removeprefix("base_model.model.").replace(".base_layer", ""), p.data)
+                    for name, p in self.model.named_parameters()
+                    if prefix not in name and "original_module" not in name
+                ]
+            finally:
+                self.model.unmerge_adapter()
+
+    def save(self, directory: Path) -> None:
+        """The adapter's weights, for `load`. (PEFT's save of the solver model also writes every adapter, so a
+        loadable PEFT folder of this one is `feedback/` next to the solver's adapter.)"""
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        state = get_peft_model_state_dict(self.model, adapter_name=FEEDBACK_ADAPTER)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / _ADAPTER_WEIGHTS)
+        )
+
+    def load(self, directory: Path) -> None:
+        """In place (the optimizer keeps its parameters)."""
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        state = load_file(str(directory / _ADAPTER_WEIGHTS), device=str(self.params[0].device))
+        result = set_peft_model_state_dict(self.model, state, adapter_name=FEEDBACK_ADAPTER)
+        missing = [k for k in result.missing_keys if f".{FEEDBACK_ADAPTER}." in k]
+        if missing:
+            raise ValueError(
+                f"{directory} does not hold the feedback adapter this run trains ({len(missing)} of its weights are "
+                f"missing, e.g. {missing[0]}): it was saved with another LoRA config. Resume with the settings that "
+                "saved it, or start in a new output_dir."
+            )
+
+
+class AdapterFeedbackModel(TransformersFeedbackModel):
+    """Generates on the solver's PeftModel with the feedback adapter active (TRL's generation uses the solver's)."""
+
+    def sample(self, conversations: list[Conversation]) -> list[FeedbackSample]:
+        with using_adapter(self.model, FEEDBACK_ADAPTER):
+            return super().sample(conversations)
+
+
+def check_adapter_setup(args, model, accelerator) -> None:
+    """feedback_lora's requirements on the trainer, as one clear error each (ValueError: exit status 2)."""
+    from accelerate.utils import is_peft_model
+
+    from .models import resolve_model_path
+
+    if not is_peft_model(model):
+        raise ValueError(
+            "feedback_lora=true puts the feedback writer on the solver's base model as a second LoRA adapter, so the "
+            "solver must be a LoRA adapter too: set use_peft: true (with lora_r, lora_alpha, lora_target_modules), "
+            "or set feedback_lora: false for a separate full feedback model."
+        )
+    base = model.get_base_model().config.name_or_path
+    wanted = resolve_model_path(args.feedback_model_name_or_path)
+    if Path(str(wanted)).resolve() != Path(str(base)).resolve() and str(wanted) != str(base):
+        raise ValueError(
+            f"feedback_lora=true shares the solver's base model, but feedback_model_name_or_path="
+            f"{args.feedback_model_name_or_path!r} is another model than the solver's ({base}). Set it to the "
+            "solver's model_name_or_path, or set feedback_lora: false to train a separate feedback model."
+        )
+    device = args.feedback_device
+    if device != "auto" and torch.device(device) != accelerator.device:
+        raise ValueError(
+            f"feedback_lora=true runs the feedback adapter on the solver's model, on {accelerator.device}, but "
+            f"feedback_device={device!r}. Remove feedback_device (or set it to auto)."
+        )
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and getattr(plugin, "zero_stage", 0) == 3:
+        raise ValueError(
+            "feedback_lora=true is not supported with DeepSpeed ZeRO-3 (the feedback adapter's update runs outside "
+            "the DeepSpeed engine, which shards its weights). Use ZeRO-2 or no DeepSpeed, or feedback_lora: false."
+        )

@@ -1,0 +1,193 @@
+"""feedback_lora: true — the solver and the feedback writer as two LoRA adapters on ONE tiny base model.
+
+Same checks as tests/test_bilevel.py for two models, here on one: each adapter is trained only on its own role's
+tokens, the base weights never move, the KL reference is the base model, kill-and-resume restores both adapters and
+both optimizers, and the feedback adapter's merged weights go to its vLLM server (FakeVLLMClient stands in for TRL's
+VLLMClient: vLLM cannot run here).
+"""
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig
+from test_bilevel import (
+    FakeVLLMClient,
+    _args,
+    _assert_feedback_gradient_only_on_its_tokens,
+    _assert_solver_gradient_only_on_its_tokens,
+    _hidden_grads,
+    _trainer,
+)
+
+from mtgrpo.feedback_training import FEEDBACK_DIR
+from mtgrpo.feedback_weights import FEEDBACK_ADAPTER, AdapterWeights
+
+LORA = LoraConfig(
+    r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+)
+
+
+def _lora_trainer(tmp_path, tiny_model_dir, **overrides):
+    # The feedback "model" is the solver's own base model: feedback_model_name_or_path must name it.
+    args = _args(tmp_path, tiny_model_dir, feedback_lora=True, feedback_device="auto", **overrides)
+    return _trainer(args, tiny_model_dir, peft_config=LORA)
+
+
+def _names(model, marker):
+    return {n for n, _ in model.named_parameters() if marker in n}
+
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_one_step_trains_each_adapter_only_on_its_own_role_and_tokens(tiny_model_dir, tmp_path):
+    trainer = _lora_trainer(tmp_path, tiny_model_dir)
+    policy, model = trainer.feedback_policy, trainer.model
+    assert isinstance(policy.weights, AdapterWeights)
+    assert policy.model is model  # one base model for both roles, no second copy
+    solver_names, feedback_names = _names(model, ".default."), _names(model, f".{FEEDBACK_ADAPTER}.")
+    assert solver_names and len(feedback_names) == len(solver_names)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    assert {by_id[id(p)] for g in policy.optimizer.param_groups for p in g["params"]} == feedback_names
+
+    # Which parameters receive a gradient in which phase (the solver's loss, or the feedback update).
+    phase, received = ["solver"], []
+    for name, p in model.named_parameters():
+        if "lora_" in name:  # the base weights are frozen (checked below: they never move)
+            trainable = p.requires_grad
+            p.requires_grad_(
+                True
+            )  # a hook can only be registered on a tensor that requires grad; it stays after
+            p.register_hook(lambda g, name=name: received.append((phase[0], name)))
+            p.requires_grad_(trainable)
+    norm_grads, solver_inputs, feedback_batches = [], [], []
+    norm = model.get_base_model().model.norm
+    _hidden_grads(norm, norm_grads)  # both roles' backward passes go through it: told apart by order
+    compute_loss = trainer._compute_loss
+    trainer._compute_loss = lambda m, inputs: (solver_inputs.append(inputs), compute_loss(m, inputs))[1]
+    update = policy.update
+
+    def feedback_update(batch):
+        feedback_batches.append(batch)
+        phase[0] = "feedback"
+        try:
+            return update(batch)
+        finally:
+            phase[0] = "solver"
+
+    policy.update = feedback_update
+    before = _weights(model)
+    trainer.train()
+
+    assert {by_id[id(p)] for g in trainer.optimizer.param_groups for p in g["params"]} == solver_names
+    assert {n for ph, n in received if ph == "solver"} == solver_names
+    assert {n for ph, n in received if ph == "feedback"} == feedback_names
+    (inputs,), (batch,) = solver_inputs, feedback_batches
+    solver_grad, feedback_grad = norm_grads  # the solver's loss, then the feedback update
+    _assert_solver_gradient_only_on_its_tokens(inputs, solver_grad)
+    _assert_feedback_gradient_only_on_its_tokens(batch, feedback_grad)
+    after = _weights(model)
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved & solver_names and moved & feedback_names
+    assert moved <= solver_names | feedback_names  # the base model never changes
+    assert model.active_adapter == "default" and model.training  # the solver's adapter and mode are back
+    assert policy.updates == 1
+
+
+def test_kl_reference_is_the_base_model(tiny_model_dir, tmp_path):
+    """LoRA's B starts at zero, so before its first update the feedback adapter IS the base model: KL exactly 0;
+    after it, not."""
+    trainer = _lora_trainer(tmp_path, tiny_model_dir, max_steps=2, feedback_beta=0.1)
+    trainer.train()
+    kl = [e["feedback/kl"] for e in trainer.state.log_history if "feedback/kl" in e]
+    assert kl[0] == 0.0 and kl[1] > 0.0
+
+
+def test_resume_restores_both_adapters_and_both_optimizers(tiny_model_dir, tmp_path):
+    overrides = dict(max_steps=3, save_strategy="steps", save_steps=2)
+    first = _lora_trainer(tmp_path, tiny_model_dir, **overrides)
+    first.train()  # 3 steps, a checkpoint after step 2
+    checkpoint = tmp_path / "checkpoint-2"
+    saved = checkpoint / FEEDBACK_DIR
+    assert {"feedback_adapter.safetensors", "optimizer.pt", "feedback_state.json"} <= {
+        p.name for p in saved.iterdir()
+    }
+    assert json.loads((saved / "feedback_state.json").read_text()) == {"updates": 2}
+
+    resumed = _lora_trainer(tmp_path, tiny_model_dir, **overrides)  # "killed" after the checkpoint
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    a, b = _weights(first.model), _weights(resumed.model)
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    for x, y in (
+        (first.optimizer, resumed.optimizer),
+        (first.feedback_policy.optimizer, resumed.feedback_policy.optimizer),
+    ):
+        sx, sy = x.state_dict()["state"], y.state_dict()["state"]
+        assert sx.keys() == sy.keys() and sx
+        assert all(torch.equal(sx[i][k], sy[i][k]) for i in sx for k in sx[i])
+    assert resumed.feedback_policy.updates == 3
+
+    # The final save holds both adapters in PEFT's layout: the solver's at the top, the feedback writer's in feedback/.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    resumed.save_model(str(tmp_path / "final"))
+    assert (tmp_path / "final" / FEEDBACK_DIR / "feedback_adapter.safetensors").is_file()
+    loaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "final" / FEEDBACK_ADAPTER
+    )
+    trained = {
+        n.replace(f".{FEEDBACK_ADAPTER}.", "."): p
+        for n, p in resumed.model.named_parameters()
+        if f".{FEEDBACK_ADAPTER}." in n
+    }
+    for name, p in loaded.named_parameters():
+        if ".default." in name:
+            assert torch.equal(p, trained[name.replace(".default.", ".")])
+
+
+def test_merged_feedback_adapter_is_pushed_to_its_server(tiny_model_dir, tmp_path, monkeypatch):
+    import trl.generation.vllm_client
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(trl.generation.vllm_client, "VLLMClient", FakeVLLMClient)
+    FakeVLLMClient.instances.clear()
+    FakeVLLMClient.tokenizer_dir = str(tiny_model_dir)
+    trainer = _lora_trainer(
+        tmp_path, tiny_model_dir, feedback_server_url="http://127.0.0.1:8001/v1", feedback_max_new_tokens=8
+    )
+    (client,) = FakeVLLMClient.instances
+    trainer.train()
+    assert [c[0] for c in client.calls] == [
+        "init_communicator",
+        "generate",
+        "update_named_params",
+        "reset_prefix_cache",
+    ]
+    pushed = client.calls[2][2]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert set(pushed) == {
+        n for n, _ in base.named_parameters()
+    }  # the names a vLLM server of the base model has
+    model = trainer.model
+    q_proj = model.get_base_model().model.layers[0].self_attn.q_proj
+    name = "model.layers.0.self_attn.q_proj.weight"
+    expected = q_proj.base_layer.weight + q_proj.get_delta_weight(FEEDBACK_ADAPTER)
+    assert torch.allclose(pushed[name], expected, atol=1e-6)
+    assert not torch.allclose(pushed[name], q_proj.base_layer.weight)  # the update moved the feedback adapter
+    assert not torch.allclose(pushed[name], q_proj.base_layer.weight + q_proj.get_delta_weight("default"))
+    assert torch.allclose(
+        q_proj.base_layer.weight, base.model.layers[0].self_attn.q_proj.weight, atol=1e-6
+    )  # unmerged
+
+
+def test_feedback_lora_needs_a_lora_solver_on_the_same_model(
+    tiny_model_dir, tiny_feedback_model_dir, tmp_path
+):
+    with pytest.raises(ValueError, match="solver must be a LoRA adapter too: set use_peft: true"):
+        _trainer(_args(tmp_path, tiny_model_dir, feedback_lora=True, feedback_device="auto"), tiny_model_dir)
+    other = _args(tmp_path, tiny_feedback_model_dir, feedback_lora=True, feedback_device="auto")
+    with pytest.raises(ValueError, match="is another model than the solver's"):
+        _trainer(other, tiny_model_dir, peft_config=LORA)
