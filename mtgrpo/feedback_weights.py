@@ -106,6 +106,8 @@ class AdapterWeights:
         self.model, self.solver_adapter = peft_model, solver_adapter
         marker = f".{FEEDBACK_ADAPTER}."
         self.params = [p for name, p in peft_model.named_parameters() if marker in name]
+        for p in self.params:  # frozen until its own update, whatever the PEFT version: TRL's optimizer must skip it
+            p.requires_grad_(False)
         self.has_reference = args.feedback_beta > 0
 
     @contextmanager
