@@ -19,7 +19,8 @@ Variants (name: trainer, recipe, evaluation protocol):
               (RL-guided SCoRe; arithmetic-refine.yaml + feedback_source self, train_feedback, feedback_reward
               improvement)
     score     SCoRe: attempt, fixed "there might be an error" instruction, second attempt; stage I then stage II
-              (arithmetic-score.yaml)
+              (arithmetic-score.yaml; the recipe's stage-I share of its steps, 5 of 10, is kept as a share of the
+              time budget: stage II starts at the step boundary nearest to half the budget)
     mutis     MuTIS interventions: a turn without a stated answer gets "give your final answer" (arithmetic-mutis.yaml)
 Multi-turn variants are evaluated with their own protocol.
 
@@ -146,6 +147,40 @@ def budget_callback(seconds: float, label: str):
     return WallClockBudget()
 
 
+def score_stage_share(variant: str) -> float:
+    """The share of its training that the variant's recipe gives SCoRe stage I (score_stage1_steps / max_steps), 0
+    for the others. A race run's step count is not known in advance, so the race keeps this share of the TIME."""
+    import yaml
+
+    recipe = yaml.safe_load(VARIANTS[variant][0].read_text())
+    stage1, steps = recipe.get("score_stage1_steps") or 0, recipe.get("max_steps") or 0
+    return stage1 / steps if stage1 and steps > 0 else 0.0
+
+
+def stage_switch_callback(trainer, seconds: float, share: float, label: str):
+    from transformers import TrainerCallback
+
+    class ScoreStageByTime(TrainerCallback):
+        """SCoRe stage II from the step boundary nearest to `share` of the budget, judged by the last step's duration
+        (the recipe's step split would leave a short run in stage I throughout: 5 of its 10 steps is more than a
+        3-minute run takes)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = self.last = time.monotonic()
+            trainer.episode.stage1_steps = 10**9  # switched below, by time
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.monotonic()
+            elapsed, step_seconds, self.last = now - self.start, now - self.last, now
+            episode = trainer.episode
+            # Switch here when this boundary is nearer the target than the next one (about one step later).
+            if episode.stage1_steps > state.global_step and elapsed + step_seconds / 2 >= share * seconds:
+                episode.stage1_steps = state.global_step  # the next rollout is sampled in stage II
+                print(f"[race] {label}: SCoRe stage II from step {state.global_step + 1}", flush=True)
+
+    return ScoreStageByTime()
+
+
 def evaluate_model(model, tokenizer, protocol_args, limit, records_path: Path):
     """Greedy episodes of a protocol on the held-out split (same evaluator and split for every run: the recipes'
     data values are checked equal)."""
@@ -180,6 +215,8 @@ def train_variant(variant: str, parsed: dict, budget_s: float, limit):
     trainer_cls = GRPOTrainer if VARIANTS[variant][2] else None
     trainer = build_trainer(script_args, training_args, model_args, trainer_cls=trainer_cls)
     trainer.add_callback(budget_callback(budget_s, variant))
+    if score_stage_share(variant):
+        trainer.add_callback(stage_switch_callback(trainer, budget_s, score_stage_share(variant), variant))
     started = time.monotonic()
     trainer.train()
     minutes = (time.monotonic() - started) / 60

@@ -77,6 +77,23 @@ def test_budget_stops_after_the_last_step_that_fits(race, monkeypatch):
     assert stopped_at == 3
 
 
+def test_score_switches_to_stage_two_at_the_step_boundary_nearest_its_share_of_the_budget(race, monkeypatch):
+    assert race.score_stage_share("score") == 0.5  # arithmetic-score.yaml: 5 of 10 steps in stage I
+    assert race.score_stage_share("plain") == race.score_stage_share("mutis") == 0.0
+    clock = [0.0]
+    monkeypatch.setattr(race.time, "monotonic", lambda: clock[0])
+    trainer = SimpleNamespace(episode=SimpleNamespace(stage1_steps=5))
+    switch = race.stage_switch_callback(trainer, 300.0, 0.5, "score")
+    state = SimpleNamespace(global_step=0)
+    switch.on_train_begin(None, state, None)
+    assert trainer.episode.stage1_steps > 100  # not the recipe's step count: by time
+    for step in range(1, 8):
+        clock[0] += 40.0  # boundaries at 40, 80, ..., 280 s; the nearest to 150 s is 160 s, after step 4
+        state.global_step = step
+        switch.on_step_end(None, state, None)
+    assert trainer.episode.stage1_steps == 4  # steps 1-4 in stage I, stage II from step 5
+
+
 def test_table_and_verdict_come_from_the_rows(race):
     def row(name, steps, t1, final, i2c, c2i):
         return {"variant": name, "steps": steps, "train_minutes": 5.0, "turns/1/accuracy": t1,
