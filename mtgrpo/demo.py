@@ -2,8 +2,8 @@
 
     mtgrpo demo [--config recipes/smollm2-135m-instruct/arithmetic-score.yaml] [--field value ...]
 
-The default recipe is the variant benchmarks/learning_race.py measured best at teaching correction (SCoRe; see
-the README).
+The default recipe is SCoRe: in benchmarks/learning_race.py the multi-turn variant with the best final accuracy,
+within one problem of the best Δ (MuTIS's, whose gain is deferred answers; see the README).
 
 Prints turn-1 and final-turn accuracy on the held-out arithmetic split before and after training, and writes
 them to OUTPUT_DIR/demo_results.json.
