@@ -111,6 +111,33 @@ def _check_model(name_or_path: str | None) -> str:
     return resolve_model_path(name_or_path)
 
 
+def use_trained_feedback_model(training_args, model_dir: str | None, greedy: bool) -> None:
+    """A bi-level run (train_feedback_model) trained its feedback writer too, and saved it next to the solver: the
+    evaluation uses that one, frozen and in process (greedy unless sampling), never silently the untrained model
+    the recipe names. `--train_feedback_model false` keeps the recipe's feedback model instead."""
+    if not training_args.train_feedback_model:
+        return
+    from .feedback_training import FEEDBACK_DIR
+    from .feedback_weights import FEEDBACK_ADAPTER
+
+    root = Path(model_dir or "").expanduser()
+    # feedback_lora: PEFT's own save of the solver writes the feedback adapter as a loadable folder next to it.
+    saved, marker = (root / FEEDBACK_ADAPTER, "adapter_config.json") if training_args.feedback_lora else (
+        root / FEEDBACK_DIR, "config.json")  # fmt: skip
+    if not (saved / marker).is_file():
+        raise FileNotFoundError(
+            f"The recipe trains its feedback model (train_feedback_model: true), but {root} holds no trained one "
+            f"({saved / marker} is missing). Evaluate a bi-level run's output_dir, or keep the recipe's feedback "
+            "model with --train_feedback_model false."
+        )
+    training_args.feedback_model_name_or_path = str(saved)
+    training_args.train_feedback_model = training_args.feedback_lora = False
+    training_args.feedback_server_url = None
+    if greedy:
+        training_args.feedback_temperature = 0.0
+    print(f"Feedback model: the trained one in {saved} (frozen, in process)", file=sys.stderr)
+
+
 def run_eval(argv: list[str]) -> EvalReport:
     """Parse `mtgrpo eval` arguments, evaluate, write the result files. Raises on bad input, before writing."""
     args, recipe_argv = build_parser().parse_known_args(argv)
@@ -133,6 +160,7 @@ def run_eval(argv: list[str]) -> EvalReport:
         raise ValueError(
             f"Split {script_args.dataset_test_split!r} of {script_args.dataset_name!r} is empty."
         )
+    use_trained_feedback_model(training_args, model_args.model_name_or_path, greedy=not args.num_samples)
     episode = build_episode(training_args)
     model_path = _check_model(model_args.model_name_or_path)
     output_dir = (

@@ -27,6 +27,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class TransformersFeedbackModel:
 
         path = resolve_model_path(name_or_path)
         self.device = torch.device(device) if device else _trainer_device()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(path))
         if self.tokenizer.chat_template is None:
             raise ValueError(
                 f"The feedback model {name_or_path!r} has no chat template, so its conversation [problem, attempt, "
@@ -251,6 +252,16 @@ def _reply_text(payload) -> str:
 
 def _is_timeout(reason) -> bool:
     return isinstance(reason, TimeoutError) or "timed out" in str(reason)
+
+
+def _tokenizer_source(path: str) -> str:
+    """Where the tokenizer is: the model's folder, or for a bare LoRA adapter folder (a feedback_lora run's
+    `feedback/`, which transformers loads onto its base model) the base model it names."""
+    folder = Path(path)
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.is_file() and not (folder / "tokenizer_config.json").is_file():
+        return json.loads(adapter_config.read_text()).get("base_model_name_or_path") or path
+    return path
 
 
 def _trainer_device():

@@ -464,3 +464,45 @@ def test_improvement_reward_is_accepted_for_a_trained_feedback_model():
         **MODEL, train_feedback_model=True, feedback_reward="improvement", feedback_update_interval=16
     )
     assert args.feedback_update_interval == 16
+
+
+def _eval(recipe, model_dir, out, *flags):
+    from mtgrpo import eval_cli
+
+    tiny = ["--limit", "2", "--max_completion_length", "4", "--feedback_max_new_tokens", "4"]
+    argv = ["--config", recipe, "--model_name_or_path", str(model_dir), "--output_dir", str(out), *tiny, *flags]
+    return eval_cli.main(argv)
+
+
+def test_eval_uses_the_trained_feedback_model_saved_next_to_the_solver(
+    tiny_model_dir, tiny_feedback_model_dir, tmp_path, capsys, monkeypatch
+):
+    import mtgrpo.feedback_model
+
+    run = tmp_path / "run"
+    trainer = _trainer(_args(run, tiny_feedback_model_dir), tiny_model_dir)
+    trainer.train()
+    trainer.save_model(str(run))
+    loaded = []
+    real_init = mtgrpo.feedback_model.TransformersFeedbackModel.__init__
+
+    def spy(self, name_or_path, *args, **kwargs):
+        loaded.append((name_or_path, kwargs.get("temperature")))
+        real_init(self, name_or_path, *args, **kwargs)
+
+    monkeypatch.setattr(mtgrpo.feedback_model.TransformersFeedbackModel, "__init__", spy)
+    recipe = "recipes/smollm2-135m-instruct/arithmetic-bilevel.yaml"
+    assert _eval(recipe, run, tmp_path / "eval") == 0
+    assert loaded == [(str(run / FEEDBACK_DIR), 0.0)]  # the trained writer, greedy like the solver
+    assert "Feedback model: the trained one in" in capsys.readouterr().err
+    records = [json.loads(line) for line in (tmp_path / "eval" / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(any(t["role"] == "feedback" for t in r["turns"]) for r in records)
+
+    # A folder without a trained feedback model: one clear line, exit status 2, nothing written.
+    assert _eval(recipe, tiny_model_dir, tmp_path / "eval2") == 2
+    assert "holds no trained one" in capsys.readouterr().err and not (tmp_path / "eval2").exists()
+    # --train_feedback_model false: the recipe's own feedback model, as asked.
+    loaded.clear()
+    flags = ["--train_feedback_model", "false", "--feedback_model_name_or_path", str(tiny_feedback_model_dir)]
+    assert _eval(recipe, run, tmp_path / "eval3", *flags) == 0
+    assert loaded == [(str(tiny_feedback_model_dir), 1.0)]

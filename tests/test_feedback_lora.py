@@ -16,6 +16,7 @@ from test_bilevel import (
     _args,
     _assert_feedback_gradient_only_on_its_tokens,
     _assert_solver_gradient_only_on_its_tokens,
+    _eval,
     _hidden_grads,
     _trainer,
 )
@@ -146,6 +147,17 @@ def test_resume_restores_both_adapters_and_both_optimizers(tiny_model_dir, tmp_p
     for name, p in loaded.named_parameters():
         if ".default." in name:
             assert torch.equal(p, trained[name.replace(".default.", ".")])
+
+
+def test_eval_of_a_lora_run_uses_its_trained_feedback_adapter(tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    trainer = _lora_trainer(run, tiny_model_dir)
+    trainer.train()
+    trainer.save_model(str(run))
+    # The solver's adapter (top level) and the feedback writer's (feedback/) both load onto the tiny base model.
+    assert _eval("recipes/smollm2-135m-instruct/arithmetic-bilevel-lora.yaml", run, tmp_path / "eval") == 0
+    assert f"Feedback model: the trained one in {run / FEEDBACK_ADAPTER}" in capsys.readouterr().err
+    assert (tmp_path / "eval" / "records.jsonl").read_text().count('"role": "feedback"') == 2
 
 
 def test_merged_feedback_adapter_is_pushed_to_its_server(tiny_model_dir, tmp_path, monkeypatch):
