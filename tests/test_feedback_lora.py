@@ -203,3 +203,23 @@ def test_feedback_lora_needs_a_lora_solver_on_the_same_model(
     other = _args(tmp_path, tiny_feedback_model_dir, feedback_lora=True, feedback_device="auto")
     with pytest.raises(ValueError, match="is another model than the solver's"):
         _trainer(other, tiny_model_dir, peft_config=LORA)
+
+
+def test_feedback_lora_is_refused_under_deepspeed_zero3(tiny_model_dir, tmp_path):
+    """Read from accelerate's own attribute (AcceleratorState.deepspeed_plugin.zero_stage); the accelerator here is a
+    stand-in: launching DeepSpeed for a config check would cost a minute."""
+    from types import SimpleNamespace
+
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mtgrpo.feedback_weights import check_adapter_setup
+
+    args = _args(tmp_path, tiny_model_dir, feedback_lora=True, feedback_device="auto")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LORA)
+    plugin = SimpleNamespace(zero_stage=3)
+    accelerator = SimpleNamespace(device=torch.device("cpu"), state=SimpleNamespace(deepspeed_plugin=plugin))
+    with pytest.raises(ValueError, match="not supported with DeepSpeed ZeRO-3 .* Use ZeRO-2"):
+        check_adapter_setup(args, model, accelerator)
+    plugin.zero_stage = 2
+    check_adapter_setup(args, model, accelerator)  # ZeRO-2 keeps whole weights on every process: fine
