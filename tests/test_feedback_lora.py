@@ -43,8 +43,9 @@ def _weights(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def test_one_step_trains_each_adapter_only_on_its_own_role_and_tokens(tiny_model_dir, tmp_path):
-    trainer = _lora_trainer(tmp_path, tiny_model_dir)
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["", "gradient_checkpointing"])
+def test_one_step_trains_each_adapter_only_on_its_own_role_and_tokens(tiny_model_dir, tmp_path, checkpointing):
+    trainer = _lora_trainer(tmp_path, tiny_model_dir, gradient_checkpointing=checkpointing)
     policy, model = trainer.feedback_policy, trainer.model
     assert isinstance(policy.weights, AdapterWeights)
     assert policy.model is model  # one base model for both roles, no second copy
