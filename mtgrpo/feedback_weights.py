@@ -23,6 +23,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+from trl.trainer.utils import use_adapter  # set / restore the active adapter; None disables them all
 
 from .feedback_model import Conversation, FeedbackSample, TransformersFeedbackModel
 
@@ -79,21 +80,6 @@ class SeparateWeights:
         self.model.load_state_dict(saved.state_dict())
 
 
-@contextmanager
-def using_adapter(model, name: str | None):
-    """`model` (a PeftModel) with only adapter `name` active, or with every adapter disabled for None; restored after."""
-    if name is None:
-        with model.disable_adapter():
-            yield model
-        return
-    previous = model.active_adapter
-    model.set_adapter(name)
-    try:
-        yield model
-    finally:
-        model.set_adapter(previous)
-
-
 class AdapterWeights:
     """The feedback policy as the "feedback" LoRA adapter on the solver's PeftModel (see the module docstring)."""
 
@@ -103,7 +89,7 @@ class AdapterWeights:
             # Same rank, alpha, targets and dropout as the solver's adapter; LoRA's B starts at zero, so the feedback
             # writer starts as the base model, like the solver. add_adapter leaves the new adapter inactive and frozen.
             peft_model.add_adapter(FEEDBACK_ADAPTER, copy.deepcopy(peft_model.peft_config[solver_adapter]))
-        self.model, self.solver_adapter = peft_model, solver_adapter
+        self.model = peft_model
         marker = f".{FEEDBACK_ADAPTER}."
         self.params = [p for name, p in peft_model.named_parameters() if marker in name]
         for p in self.params:  # frozen until its own update, whatever the PEFT version: TRL's optimizer must skip it
@@ -114,15 +100,17 @@ class AdapterWeights:
     def training(self):
         """The feedback adapter active and trainable, the solver's frozen; the solver's mode and adapter restored."""
         was_training = self.model.training
-        with using_adapter(self.model, FEEDBACK_ADAPTER):
+        with use_adapter(self.model, FEEDBACK_ADAPTER):
             self.model.train()
             try:
                 yield
             finally:
                 self.model.train(was_training)
 
+    @contextmanager
     def reference_model(self):
-        return using_adapter(self.model, None)
+        with use_adapter(self.model, None):  # every adapter disabled: the base model
+            yield self.model
 
     @contextmanager
     def vllm_named_params(self) -> Iterator[list[tuple[str, torch.Tensor]]]:
@@ -130,7 +118,7 @@ class AdapterWeights:
         the base model holds), as TRL pushes the solver's merged adapter; unmerged when the context ends, so push
         them inside it."""
         prefix = self.model.prefix  # "lora_"
-        with using_adapter(self.model, FEEDBACK_ADAPTER):
+        with use_adapter(self.model, FEEDBACK_ADAPTER):
             self.model.merge_adapter()
             try:
                 yield [
@@ -172,7 +160,7 @@ class AdapterFeedbackModel(TransformersFeedbackModel):
     """Generates on the solver's PeftModel with the feedback adapter active (TRL's generation uses the solver's)."""
 
     def sample(self, conversations: list[Conversation]) -> list[FeedbackSample]:
-        with using_adapter(self.model, FEEDBACK_ADAPTER):
+        with use_adapter(self.model, FEEDBACK_ADAPTER):
             return super().sample(conversations)
 
 

@@ -196,6 +196,17 @@ def test_feedback_update_interval_2_updates_the_feedback_model_after_steps_2_and
     assert steps_with_loss == [2, 4]
 
 
+def _assert_same_optimizer_states(first, resumed):
+    """Both optimizers (the solver's, TRL's; the feedback policy's) hold bit-identical, non-empty states."""
+    for a, b in (
+        (first.optimizer, resumed.optimizer),
+        (first.feedback_policy.optimizer, resumed.feedback_policy.optimizer),
+    ):
+        sa, sb = a.state_dict()["state"], b.state_dict()["state"]
+        assert sa.keys() == sb.keys() and sa
+        assert all(torch.equal(sa[i][name], sb[i][name]) for i in sa for name in sa[i])
+
+
 def test_resume_restores_both_policies_and_both_optimizers(tiny_model_dir, tiny_feedback_model_dir, tmp_path):
     args = dict(max_steps=3, save_strategy="steps", save_steps=2, feedback_beta=0.1)
     first = _trainer(_args(tmp_path, tiny_feedback_model_dir, **args), tiny_model_dir)
@@ -210,13 +221,7 @@ def test_resume_restores_both_policies_and_both_optimizers(tiny_model_dir, tiny_
     resumed.train(resume_from_checkpoint=str(checkpoint))
     for a, b in ((first.model, resumed.model), (first.feedback_policy.model, resumed.feedback_policy.model)):
         assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
-    for a, b in (
-        (first.optimizer, resumed.optimizer),
-        (first.feedback_policy.optimizer, resumed.feedback_policy.optimizer),
-    ):
-        sa, sb = a.state_dict()["state"], b.state_dict()["state"]
-        assert sa.keys() == sb.keys() and sa
-        assert all(torch.equal(sa[i][name], sb[i][name]) for i in sa for name in sa[i])
+    _assert_same_optimizer_states(first, resumed)
     assert resumed.feedback_policy.updates == first.feedback_policy.updates == 3
     assert any(
         "feedback/kl" in e for e in first.state.log_history

@@ -15,6 +15,7 @@ from test_bilevel import (
     FakeVLLMClient,
     _args,
     _assert_feedback_gradient_only_on_its_tokens,
+    _assert_same_optimizer_states,
     _assert_solver_gradient_only_on_its_tokens,
     _eval,
     _hidden_grads,
@@ -122,13 +123,7 @@ def test_resume_restores_both_adapters_and_both_optimizers(tiny_model_dir, tmp_p
     resumed.train(resume_from_checkpoint=str(checkpoint))
     a, b = _weights(first.model), _weights(resumed.model)
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
-    for x, y in (
-        (first.optimizer, resumed.optimizer),
-        (first.feedback_policy.optimizer, resumed.feedback_policy.optimizer),
-    ):
-        sx, sy = x.state_dict()["state"], y.state_dict()["state"]
-        assert sx.keys() == sy.keys() and sx
-        assert all(torch.equal(sx[i][k], sy[i][k]) for i in sx for k in sx[i])
+    _assert_same_optimizer_states(first, resumed)
     assert resumed.feedback_policy.updates == 3
 
     # The final save holds both adapters in PEFT's layout: the solver's at the top, the feedback writer's in feedback/.
