@@ -8,7 +8,7 @@ Every run trains the bundled SmolLM2-135M-Instruct on the demo's procedural arit
 that the recipes agree on them and refuses to run otherwise), until its wall-clock budget is spent: a run stops
 after the last optimizer step that its previous step's duration says will end inside the budget. Then every run
 (and the untrained model, once per evaluation protocol) is evaluated on the held-out arithmetic split — problems
-never seen in training — by `mtgrpo.evaluate` with greedy decoding.
+never seen in training — by `mtgrpo.evaluation.evaluate` with greedy decoding.
 
 Variants (name: trainer, recipe, evaluation protocol):
     plain     TRL's own GRPOTrainer, one turn (arithmetic-refine.yaml values). Evaluated with the template refine
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def recipe_args(variant: str, output_dir: Path):
     """(script_args, training_args, model_args) of a variant: its recipe, its overrides, the race's run settings."""
-    from mtgrpo.train import parse_recipe
+    from mtgrpo.recipe import parse_recipe
 
     recipe, overrides, _, _ = VARIANTS[variant]
     run = [
@@ -184,10 +184,10 @@ def stage_switch_callback(trainer, seconds: float, share: float, label: str):
 def evaluate_model(model, tokenizer, protocol_args, limit, records_path: Path):
     """Greedy episodes of a protocol on the held-out split (same evaluator and split for every run: the recipes'
     data values are checked equal)."""
-    from mtgrpo.data import load_recipe_split
     from mtgrpo.episodes import build_episode
-    from mtgrpo.evaluate import evaluate
+    from mtgrpo.evaluation.evaluate import evaluate
     from mtgrpo.registry import get_reward_func
+    from mtgrpo.tasks.data import load_recipe_split
 
     script_args, training_args, _ = protocol_args
     test_set = load_recipe_split(script_args, "test", seed=training_args.seed, limit=limit)
@@ -209,7 +209,7 @@ def eval_protocol(variant: str) -> str:
 def train_variant(variant: str, parsed: dict, budget_s: float, limit):
     from trl import GRPOTrainer
 
-    from mtgrpo.train import build_trainer
+    from mtgrpo.trainer import build_trainer
 
     script_args, training_args, model_args = parsed[variant]
     trainer_cls = GRPOTrainer if VARIANTS[variant][2] else None

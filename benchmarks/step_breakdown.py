@@ -66,9 +66,9 @@ def run_one(mode: str, args) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from mtgrpo import MTGRPOConfig, MultiTurnGRPOTrainer
-    from mtgrpo.data import load_task_dataset
     from mtgrpo.models import resolve_model_path
     from mtgrpo.registry import get_reward_funcs
+    from mtgrpo.tasks.data import load_task_dataset
 
     model_path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -4,7 +4,7 @@
 # Two instances: run on each, --node-rank 0 on the main one, whose private IP is --main-address:
 #   local_training/train.sh RECIPE --num-nodes 2 --node-rank 0 --main-address 10.0.0.1
 # Everything else (GPU split, vLLM server, accelerate config, stopping the server) is the node launcher's job;
-# see `python -m mtgrpo.launcher --help`. Flags it does not know go to mtgrpo.train as recipe overrides.
+# see `python -m mtgrpo.launch.cli --help`. Flags it does not know go to mtgrpo.train as recipe overrides.
 set -euo pipefail
 
 if [[ $# -lt 1 || "$1" == -* ]]; then
@@ -16,4 +16,4 @@ fi
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 # exec: the launcher receives Ctrl-C/SIGTERM itself and stops training and the vLLM server.
-exec "${PYTHON:-python}" -m mtgrpo.launcher "$@"
+exec "${PYTHON:-python}" -m mtgrpo.launch.cli "$@"

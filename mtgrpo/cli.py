@@ -18,10 +18,10 @@ COMMANDS = {
     "train": ("mtgrpo.train", "Train with a recipe (TrlParser: YAML defaults, CLI overrides)."),
     "demo": ("mtgrpo.demo", "CPU demo: evaluate, train and re-evaluate the bundled model."),
     "prepare-model": ("mtgrpo.models", "Convert the bundled SmolLM2-135M-Instruct into the local cache."),
-    "eval": ("mtgrpo.eval_cli", "Evaluate a model with a recipe's episode protocol."),
-    "plot": ("mtgrpo.plot", "Plot training curves and eval results of a run directory."),
-    "launch": ("mtgrpo.launcher", "Start vLLM + accelerate on a GPU node for a recipe."),
-    "doctor": ("mtgrpo.doctor", "Check this machine against a recipe's needs."),
+    "eval": ("mtgrpo.evaluation.cli", "Evaluate a model with a recipe's episode protocol."),
+    "plot": ("mtgrpo.evaluation.plot", "Plot training curves and eval results of a run directory."),
+    "launch": ("mtgrpo.launch.cli", "Start vLLM + accelerate on a GPU node for a recipe."),
+    "doctor": ("mtgrpo.launch.doctor", "Check this machine against a recipe's needs."),
 }
 
 

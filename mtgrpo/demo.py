@@ -28,12 +28,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .data import load_recipe_split
     from .episodes import build_episode
-    from .evaluate import evaluate
+    from .evaluation.evaluate import evaluate
     from .models import resolve_model_path
+    from .recipe import parse_recipe
     from .registry import get_reward_func
-    from .train import build_trainer, parse_recipe
+    from .tasks.data import load_recipe_split
+    from .trainer import build_trainer
 
     script_args, training_args, model_args = parse_recipe(argv)
     started = time.time()

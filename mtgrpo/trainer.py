@@ -31,7 +31,7 @@ from .advantages import token_advantages
 from .chat import ChatTurns, check_prompt_lengths
 from .config import MTGRPOConfig
 from .episodes import build_episode, run_episodes
-from .feedback_training import FeedbackPolicyMixin
+from .feedback.training import FeedbackPolicyMixin
 from .history import LogHistoryCallback
 from .metrics import self_correction_metrics
 from .transcripts import episode_records, write_transcripts
@@ -277,3 +277,38 @@ def _as_completions(prompts, texts: list[str]):
     if is_conversational({"prompt": prompts[0]}):
         return [[{"role": "assistant", "content": t}] for t in texts]
     return list(texts)
+
+
+def build_trainer(script_args, training_args, model_args, trainer_cls=None):
+    """Everything `main` does before `train()`: resolve the model, load data and rewards, build the trainer.
+
+    `trainer_cls` (default MultiTurnGRPOTrainer) lets a benchmark build TRL's plain GRPOTrainer from the same recipe.
+    """
+    from transformers import AutoTokenizer
+    from trl import get_peft_config
+
+    from .models import resolve_model_path
+    from .registry import get_reward_funcs
+    from .tasks.data import load_recipe_split
+
+    # Cheap checks first, so a bad recipe fails before any model is loaded or file is written.
+    reward_funcs = get_reward_funcs(script_args.reward_funcs)
+    train_dataset = load_recipe_split(script_args, "train", seed=training_args.seed)
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    training_args.model_init_kwargs = {
+        **(training_args.model_init_kwargs or {}),
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    return (trainer_cls or MultiTurnGRPOTrainer)(
+        model=model_path,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )

@@ -28,9 +28,10 @@ from pathlib import Path
 # The code channel is this repository; make `mtgrpo` importable even where it was not pip-installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mtgrpo.checkpoints import latest_checkpoint  # noqa: E402
-from mtgrpo.launcher import _setting, detect_gpus, execute, format_plan, plan_launch  # noqa: E402
-from mtgrpo.recipe_file import read_recipe  # noqa: E402
+from mtgrpo.launch.checkpoints import latest_checkpoint  # noqa: E402
+from mtgrpo.launch.plan import _setting, detect_gpus, format_plan, plan_launch  # noqa: E402
+from mtgrpo.launch.processes import execute  # noqa: E402
+from mtgrpo.recipe import read_recipe  # noqa: E402
 
 RESOURCE_CONFIG = "/opt/ml/input/config/resourceconfig.json"
 # On the instance's ML volume (EBS or NVMe, the whole disk) and outside /opt/ml/checkpoints, which is synced to S3.
@@ -129,7 +130,7 @@ def set_caches(cache_dir: str | Path, environ=os.environ) -> dict[str, str]:
 
 def ensure_java(dry_run: bool = False) -> str | None:
     """Install Java 21 for Pyserini when the image lacks it; return what was (or would be) run, else None."""
-    from mtgrpo.doctor import FAIL, check_java
+    from mtgrpo.launch.doctor import FAIL, check_java
 
     if all(check.status != FAIL for check in check_java({"search_backend": "pyserini"})):
         return None
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     for env_name in load_secrets(secret_ids):
         print(f"[entrypoint] {env_name} set from Secrets Manager", flush=True)
     if pyserini and plan.train is not None:
-        from mtgrpo.search import fetch_pyserini_index
+        from mtgrpo.tasks.search import fetch_pyserini_index
 
         ensure_java()
         print(f"[entrypoint] Pyserini index ready at {fetch_pyserini_index()}", flush=True)

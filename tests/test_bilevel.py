@@ -15,8 +15,8 @@ from transformers import TrainerCallback
 from mtgrpo import MTGRPOConfig, MultiTurnGRPOTrainer
 from mtgrpo.chat import ChatTurns
 from mtgrpo.episodes import PlanEpisode, run_episodes
-from mtgrpo.feedback_model import FeedbackSample, TransformersFeedbackModel
-from mtgrpo.feedback_training import FEEDBACK_DIR, FeedbackPolicy
+from mtgrpo.feedback.model import FeedbackSample, TransformersFeedbackModel
+from mtgrpo.feedback.training import FEEDBACK_DIR, FeedbackPolicy
 
 
 def length_reward(completions, **kwargs):
@@ -333,7 +333,7 @@ def test_two_processes_keep_identical_feedback_copies_equal_to_one_update_on_all
 
     from peft import LoraConfig, get_peft_model
 
-    from mtgrpo.feedback_weights import AdapterFeedbackModel, AdapterWeights
+    from mtgrpo.feedback.weights import AdapterFeedbackModel, AdapterWeights
 
     args = _args(tmp_path, tiny_feedback_model_dir, feedback_lora=weights == "lora")
     gen = torch.Generator().manual_seed(0)
@@ -472,7 +472,7 @@ def test_improvement_reward_is_accepted_for_a_trained_feedback_model():
 
 
 def _eval(recipe, model_dir, out, *flags):
-    from mtgrpo import eval_cli
+    from mtgrpo.evaluation import cli as eval_cli
 
     tiny = ["--limit", "2", "--max_completion_length", "4", "--feedback_max_new_tokens", "4"]
     argv = ["--config", recipe, "--model_name_or_path", str(model_dir), "--output_dir", str(out), *tiny, *flags]
@@ -482,20 +482,20 @@ def _eval(recipe, model_dir, out, *flags):
 def test_eval_uses_the_trained_feedback_model_saved_next_to_the_solver(
     tiny_model_dir, tiny_feedback_model_dir, tmp_path, capsys, monkeypatch
 ):
-    import mtgrpo.feedback_model
+    import mtgrpo.feedback.model
 
     run = tmp_path / "run"
     trainer = _trainer(_args(run, tiny_feedback_model_dir), tiny_model_dir)
     trainer.train()
     trainer.save_model(str(run))
     loaded = []
-    real_init = mtgrpo.feedback_model.TransformersFeedbackModel.__init__
+    real_init = mtgrpo.feedback.model.TransformersFeedbackModel.__init__
 
     def spy(self, name_or_path, *args, **kwargs):
         loaded.append((name_or_path, kwargs.get("temperature")))
         real_init(self, name_or_path, *args, **kwargs)
 
-    monkeypatch.setattr(mtgrpo.feedback_model.TransformersFeedbackModel, "__init__", spy)
+    monkeypatch.setattr(mtgrpo.feedback.model.TransformersFeedbackModel, "__init__", spy)
     recipe = "recipes/smollm2-135m-instruct/arithmetic-bilevel.yaml"
     assert _eval(recipe, run, tmp_path / "eval") == 0
     assert loaded == [(str(run / FEEDBACK_DIR), 0.0)]  # the trained writer, greedy like the solver

@@ -3,7 +3,7 @@
 import json
 import logging
 
-from mtgrpo.checkpoints import latest_checkpoint, missing_parts
+from mtgrpo.launch.checkpoints import latest_checkpoint, missing_parts
 
 
 def _checkpoint(root, step, *, state=True, weights=True, optimizer=True):
@@ -32,7 +32,7 @@ def test_half_written_checkpoints_are_skipped_with_warning(tmp_path, caplog):
     _checkpoint(tmp_path, 40, optimizer=False, state=False)  # killed right after the weights
     truncated = _checkpoint(tmp_path, 50)
     (truncated / "trainer_state.json").write_text('{"global_step": 5')  # killed mid-write
-    with caplog.at_level(logging.WARNING, logger="mtgrpo.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="mtgrpo.launch.checkpoints"):
         assert latest_checkpoint(tmp_path) == str(complete)
     skipped = " ".join(r.getMessage() for r in caplog.records)
     for step in (30, 40, 50):
@@ -74,7 +74,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from mtgrpo.checkpoints import CheckpointError  # noqa: E402
+from mtgrpo.launch.checkpoints import CheckpointError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,7 +95,7 @@ def test_partly_copied_deepspeed_checkpoint_is_skipped(tmp_path, caplog):
     # A SageMaker spot restart that downloaded only rank 0's shards of checkpoint-10 must resume from 5.
     older = _zero3(tmp_path, 5, range(2))
     _zero3(tmp_path, 10, [0])
-    with caplog.at_level(logging.WARNING, logger="mtgrpo.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="mtgrpo.launch.checkpoints"):
         assert latest_checkpoint(tmp_path, world_size=2) == str(older)
     assert "shards for 2 ranks (found rank 0" in caplog.text
 
@@ -114,7 +114,7 @@ NODE = textwrap.dedent(
     """
     import json, os, sys
     import torch.distributed as dist
-    from mtgrpo.checkpoints import CheckpointError, agreed_checkpoint
+    from mtgrpo.launch.checkpoints import CheckpointError, agreed_checkpoint
 
     rank, port, scenarios = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mtgrpo.code_data import docstring_tests, split_humaneval_check
-from mtgrpo.data import load_task_dataset
 from mtgrpo.registry import _load_rewards_package, get_reward_func
+from mtgrpo.tasks.code import docstring_tests, split_humaneval_check
+from mtgrpo.tasks.data import load_task_dataset
 
 rewards = _load_rewards_package()  # mtgrpo.rewards, also from a plain checkout
 sandbox = rewards.sandbox

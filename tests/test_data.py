@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mtgrpo.data import SCHEMAS, load_task_dataset
+from mtgrpo.tasks.data import SCHEMAS, load_task_dataset
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from mtgrpo import doctor
+from mtgrpo.launch import doctor
 
 REPO = Path(__file__).resolve().parent.parent
 WANDB_SECRET = "0123456789abcdef0123456789abcdef-doctor"
@@ -133,7 +133,7 @@ def test_credentials_found_but_never_printed(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_API_KEY": WANDB_SECRET, "HF_TOKEN": HF_SECRET}
     env.pop("WANDB_MODE", None)
     run = subprocess.run(
-        [sys.executable, "-m", "mtgrpo.doctor", "--config", recipe], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "mtgrpo.launch.doctor", "--config", recipe], env=env, capture_output=True, text=True
     )
     output = run.stdout + run.stderr
     assert "set in WANDB_API_KEY" in output and "hf token" in output
@@ -145,7 +145,7 @@ def test_credentials_found_but_never_printed(tmp_path):
     env = {**env, "NETRC": str(netrc)}
     del env["WANDB_API_KEY"]
     run = subprocess.run(
-        [sys.executable, "-m", "mtgrpo.doctor", "--config", recipe], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "mtgrpo.launch.doctor", "--config", recipe], env=env, capture_output=True, text=True
     )
     assert f"found in {netrc}" in run.stdout
     assert WANDB_SECRET not in run.stdout + run.stderr

@@ -9,9 +9,9 @@ from pathlib import Path
 import datasets
 import pytest
 
-from mtgrpo import eval_cli
 from mtgrpo.episodes import RefineEpisode
-from mtgrpo.evaluate import evaluate, markdown_table, summarize
+from mtgrpo.evaluation import cli as eval_cli
+from mtgrpo.evaluation.evaluate import evaluate, markdown_table, summarize
 from mtgrpo.registry import get_reward_func
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mtgrpo.launcher import format_plan, plan_launch
+from mtgrpo.launch.plan import format_plan, plan_launch
 
 REPO = Path(__file__).resolve().parent.parent
 BILEVEL = "recipes/llama-3.2-1b-instruct/math-bilevel.yaml"
@@ -57,7 +57,7 @@ def test_in_process_feedback_model_starts_no_server():
 
 def test_dry_run_cli_shows_both_servers():
     out = subprocess.run(
-        [sys.executable, "-m", "mtgrpo.launcher", BILEVEL, "--num-gpus", "8", "--dry-run"],
+        [sys.executable, "-m", "mtgrpo.launch.cli", BILEVEL, "--num-gpus", "8", "--dry-run"],
         cwd=REPO,
         capture_output=True,
         text=True,

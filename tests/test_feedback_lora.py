@@ -22,8 +22,8 @@ from test_bilevel import (
     _trainer,
 )
 
-from mtgrpo.feedback_training import FEEDBACK_DIR
-from mtgrpo.feedback_weights import FEEDBACK_ADAPTER, AdapterWeights
+from mtgrpo.feedback.training import FEEDBACK_DIR
+from mtgrpo.feedback.weights import FEEDBACK_ADAPTER, AdapterWeights
 
 LORA = LoraConfig(
     r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
@@ -209,7 +209,7 @@ def test_feedback_lora_is_refused_under_deepspeed_zero3(tiny_model_dir, tmp_path
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from mtgrpo.feedback_weights import check_adapter_setup
+    from mtgrpo.feedback.weights import check_adapter_setup
 
     args = _args(tmp_path, tiny_model_dir, feedback_lora=True, feedback_device="auto")
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LORA)

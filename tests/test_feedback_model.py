@@ -18,7 +18,7 @@ from scripted import TINY_RUN, ScriptedGenerate
 from mtgrpo.chat import ChatTurns
 from mtgrpo.config import MTGRPOConfig
 from mtgrpo.episodes import RefineEpisode, run_episodes
-from mtgrpo.feedback_model import (
+from mtgrpo.feedback.model import (
     FeedbackServerError,
     ServerFeedbackModel,
     TransformersFeedbackModel,

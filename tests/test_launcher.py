@@ -15,16 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mtgrpo.launcher import (
-    Command,
-    LaunchPlan,
-    ServerError,
-    _start,
-    execute,
-    plan_launch,
-    stop_process_group,
-    wait_for_server,
-)
+from mtgrpo.launch.plan import Command, LaunchPlan, plan_launch
+from mtgrpo.launch.processes import ServerError, _start, execute, stop_process_group, wait_for_server
 
 REPO = Path(__file__).resolve().parent.parent
 GPU_RECIPE = "tests/fixtures/recipes/gpu-server.yaml"
@@ -197,7 +189,7 @@ def _command_lines(output: str) -> list[list[str]]:
 
 def test_cli_dry_run_one_node():
     out = subprocess.run(
-        [sys.executable, "-m", "mtgrpo.launcher", GPU_RECIPE, "--num-gpus", "8", "--dry-run", "--learning_rate", "1.0e-06"],
+        [sys.executable, "-m", "mtgrpo.launch.cli", GPU_RECIPE, "--num-gpus", "8", "--dry-run", "--learning_rate", "1.0e-06"],
         cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     server, train = _command_lines(out)
@@ -233,14 +225,14 @@ def test_cli_dry_run_second_node_and_train_sh():
 def test_cli_dry_run_cpu_and_errors():
     env = {**SUBPROCESS_ENV, "CUDA_VISIBLE_DEVICES": ""}  # a machine without GPUs
     run = subprocess.run(
-        [sys.executable, "-m", "mtgrpo.launcher", CPU_RECIPE, "--dry-run", "--max_steps", "2"],
+        [sys.executable, "-m", "mtgrpo.launch.cli", CPU_RECIPE, "--dry-run", "--max_steps", "2"],
         cwd=REPO, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert _command_lines(run.stdout) == [
         [sys.executable, "-m", "mtgrpo.train", "--config", CPU_RECIPE, "--max_steps", "2"]
     ]
     bad = subprocess.run(
-        [sys.executable, "-m", "mtgrpo.launcher", GPU_RECIPE, "--num-gpus", "1", "--dry-run"],
+        [sys.executable, "-m", "mtgrpo.launch.cli", GPU_RECIPE, "--num-gpus", "1", "--dry-run"],
         cwd=REPO, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2 and "vllm_mode: colocate" in bad.stderr and "Traceback" not in bad.stderr
@@ -384,7 +376,8 @@ def test_signal_stops_training_and_server(fake_server, tmp_path, sig):
     runner = textwrap.dedent(
         f"""
         import sys
-        from mtgrpo.launcher import Command, LaunchPlan, execute
+        from mtgrpo.launch.plan import Command, LaunchPlan
+        from mtgrpo.launch.processes import execute
         plan = LaunchPlan(
             train=Command([sys.executable, "-c", {training!r}]),
             server=Command({command.argv!r}), server_log={log!r}, health_url={url!r},
@@ -442,7 +435,7 @@ def test_dedicated_generation_node(monkeypatch, rank):
 
 
 def test_generation_node_cli_dry_run_and_errors():
-    args = [sys.executable, "-m", "mtgrpo.launcher", GPU_RECIPE, "--num-gpus", "8", "--num-nodes", "2",
+    args = [sys.executable, "-m", "mtgrpo.launch.cli", GPU_RECIPE, "--num-gpus", "8", "--num-nodes", "2",
             "--main-address", "10.0.0.1", "--generation-node", "10.0.0.2", "--dry-run"]  # fmt: skip
     out = subprocess.run([*args, "--node-rank", "1"], cwd=REPO, env=SUBPROCESS_ENV, capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
@@ -489,7 +482,8 @@ def test_main_node_death_is_detected_fast(tmp_path):
     runner = textwrap.dedent(
         f"""
         import sys
-        from mtgrpo.launcher import Command, LaunchPlan, execute
+        from mtgrpo.launch.plan import Command, LaunchPlan
+        from mtgrpo.launch.processes import execute
         plan = LaunchPlan(train=Command([sys.executable, "-c", {training!r}]), peer="127.0.0.1:{port}")
         sys.exit(execute(plan, peer_timeout=2, poll_interval=0.5))
         """

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from mtgrpo import plot  # noqa: E402
+from mtgrpo.evaluation import plot  # noqa: E402
 from mtgrpo.history import HISTORY_FILE, LogHistoryCallback  # noqa: E402
 
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from mtgrpo.recipe import check_recipe_keys, parse_recipe
 from mtgrpo.registry import get_reward_funcs
-from mtgrpo.train import check_recipe_keys, parse_recipe
 
 RECIPES = sorted(str(p) for p in Path(__file__).resolve().parent.parent.joinpath("recipes").rglob("*.yaml"))
 

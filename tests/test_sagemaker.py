@@ -245,7 +245,7 @@ def test_moto_job_has_channels_spot_checkpoints_and_no_secret(aws):
     assert "--wandb-secret-id mtgrpo/wandb --hf-secret-id mtgrpo/hf" in train_script
     assert "sagemaker_training/requirements.txt" in train_script
     code = [key.split("/input/code/", 1)[1] for key in keys if "/input/code/" in key]
-    assert {"mtgrpo/launcher.py", "sagemaker_training/entrypoint.py", "pyproject.toml"} <= set(code)
+    assert {"mtgrpo/launch/cli.py", "sagemaker_training/entrypoint.py", "pyproject.toml"} <= set(code)
     assert not [
         k for k in code if k.startswith((".venv/", ".git/", "runs/", "outputs/")) or "__pycache__" in k
     ]

@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 
-from mtgrpo import search
 from mtgrpo.registry import _load_rewards_package
-from mtgrpo.search import build_wiki_search
-from mtgrpo.tools import call_tool
+from mtgrpo.tasks import search
+from mtgrpo.tasks.search import build_wiki_search
+from mtgrpo.tasks.tools import call_tool
 
 normalize_answer = _load_rewards_package().triviaqa.normalize_answer
 
@@ -106,7 +106,7 @@ def test_index_download_runs_once_per_machine(tmp_path):
         f"""
         import os, time
         from pathlib import Path
-        from mtgrpo.search import once_per_machine
+        from mtgrpo.tasks.search import once_per_machine
 
         index = Path({str(tmp_path / "index")!r})
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mtgrpo.checkpoints import latest_checkpoint
-from mtgrpo.launcher import Command, LaunchPlan, execute
+from mtgrpo.launch.checkpoints import latest_checkpoint
+from mtgrpo.launch.plan import Command, LaunchPlan
+from mtgrpo.launch.processes import execute
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -26,7 +27,7 @@ TRAIN = textwrap.dedent(
     import os, sys, time
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
-    from mtgrpo.signals import SaveOnSigterm
+    from mtgrpo.launch.signals import SaveOnSigterm
 
     out, marker = sys.argv[1], sys.argv[2]
 
@@ -76,7 +77,8 @@ def test_sigterm_to_the_launcher_saves_a_complete_checkpoint_and_exits_143(tmp_p
     runner = textwrap.dedent(
         f"""
         import sys
-        from mtgrpo.launcher import Command, LaunchPlan, execute
+        from mtgrpo.launch.plan import Command, LaunchPlan
+        from mtgrpo.launch.processes import execute
         plan = LaunchPlan(train=Command([sys.executable, {str(script)!r}, {str(out)!r}, {str(marker)!r}]))
         sys.exit(execute(plan, poll_interval=0.5))
         """

@@ -144,7 +144,7 @@ def test_length_check_tokenises_like_the_rollout(tiny_model_dir, tmp_path, qwen3
 
 
 def test_eval_and_training_feed_the_model_the_same_token_ids(tiny_model_dir, tmp_path, qwen3_tokenizer):
-    from mtgrpo.evaluate import evaluate
+    from mtgrpo.evaluation.evaluate import evaluate
 
     trainer = _native_tool_trainer(tiny_model_dir, tmp_path, qwen3_tokenizer, max_prompt_length=1024)
     answer = qwen3_tokenizer("<answer>4</answer>", add_special_tokens=False)["input_ids"] + [qwen3_tokenizer.eos_token_id]

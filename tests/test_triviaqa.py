@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mtgrpo.data import load_task_dataset
 from mtgrpo.registry import _load_rewards_package, get_reward_func
+from mtgrpo.tasks.data import load_task_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = "recipes/smollm2-135m-instruct/triviaqa-search.yaml"

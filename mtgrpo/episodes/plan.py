@@ -53,7 +53,7 @@ class PlanEpisode:
     def from_config(cls, args) -> PlanEpisode:
         model = None
         if args.feedback_source == "model":
-            from ..feedback_model import LazyFeedbackModel
+            from ..feedback.model import LazyFeedbackModel
 
             model = LazyFeedbackModel(args)
         return cls(
@@ -98,7 +98,7 @@ class PlanEpisode:
         or one per episode (trained)."""
         if self.feedback_source != "model" or turn_index != 0 or not rollouts:
             return
-        from ..feedback_model import ask, problem_messages
+        from ..feedback.model import ask, problem_messages
 
         groups: dict[tuple[int, ...], list[Rollout]] = {}
         for rollout in rollouts:

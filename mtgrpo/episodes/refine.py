@@ -109,7 +109,7 @@ class RefineEpisode:
         model, once for the whole batch, with the execution report (if any) opening its request."""
         self._run_turn1_programs(rollouts, turn_index)
         if self.feedback_source == "model" and turn_index == 1:
-            from ..feedback_model import write_feedback
+            from ..feedback.model import write_feedback
 
             def request(rollout: Rollout) -> str:
                 result = rollout.state.get("execution")
@@ -199,7 +199,7 @@ def _feedback_model(args):
     """feedback_source=model: the frozen feedback model, built on first use (mtgrpo/feedback_model.py)."""
     if args.feedback_source != "model":
         return None
-    from ..feedback_model import LazyFeedbackModel
+    from ..feedback.model import LazyFeedbackModel
 
     return LazyFeedbackModel(args)
 

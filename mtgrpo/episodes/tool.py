@@ -17,7 +17,7 @@ Protocols (`tool_protocol`):
 An episode ends at an answer, at a turn with neither a tool call nor an answer, or with the turn that follows the
 `max_tool_calls`-th tool-calling turn (a call there is not run: MT-GRPO's step cap; that turn is kept whole, so an
 answer written after the call still counts). Tool failures come back to the
-policy as "Error: ..." results (see mtgrpo.tools) and are counted in `rollout.state`.
+policy as "Error: ..." results (see mtgrpo.tasks.tools) and are counted in `rollout.state`.
 
 Credit keys: the first tool-calling turn is "pre_tool", every turn after a tool result "post_tool", and the single
 turn of an episode without any tool result "no_tool". With R_T the turn-level rewards (reward_level "turn": tool
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..advantages import group_normalize
-from ..tools import ERROR_KINDS, ToolResult, call_tool, parse_json_call
+from ..tasks.tools import ERROR_KINDS, ToolResult, call_tool, parse_json_call
 from .base import Rollout, Segment, TurnSpec
 
 CREDITS = ("pre_tool", "post_tool", "no_tool")
@@ -68,7 +68,7 @@ class ToolEpisode:
 
     @classmethod
     def from_config(cls, args) -> ToolEpisode:
-        from ..search import build_wiki_search
+        from ..tasks.search import build_wiki_search
 
         search = build_wiki_search(
             args.search_backend, args.search_corpus, args.search_top_k, args.search_max_chars

@@ -11,7 +11,7 @@ import importlib.util
 
 import torch
 
-from .episodes.base import GenerateFn
+from ..episodes.base import GenerateFn
 
 
 def stop_token_ids(tokenizer, generation_config) -> set[int]:

@@ -82,7 +82,7 @@ def _check_args(args) -> None:
 
 
 def _choose_backend(requested: str) -> str:
-    from .eval_backends import vllm_available
+    from .backends import vllm_available
 
     if requested == "auto":
         return "vllm" if vllm_available() else "transformers"
@@ -95,7 +95,7 @@ def _choose_backend(requested: str) -> str:
 
 
 def _check_model(name_or_path: str | None) -> str:
-    from .models import BUNDLED_MODEL_NAME, resolve_model_path
+    from ..models import BUNDLED_MODEL_NAME, resolve_model_path
 
     if not name_or_path:
         raise ValueError(
@@ -117,8 +117,8 @@ def use_trained_feedback_model(training_args, model_dir: str | None, greedy: boo
     the recipe names. `--train_feedback_model false` keeps the recipe's feedback model instead."""
     if not training_args.train_feedback_model:
         return
-    from .feedback_training import FEEDBACK_DIR
-    from .feedback_weights import FEEDBACK_ADAPTER
+    from ..feedback.training import FEEDBACK_DIR
+    from ..feedback.weights import FEEDBACK_ADAPTER
 
     root = Path(model_dir or "").expanduser()
     # feedback_lora: PEFT's own save of the solver writes the feedback adapter as a loadable folder next to it.
@@ -142,16 +142,16 @@ def run_eval(argv: list[str]) -> EvalReport:
     """Parse `mtgrpo eval` arguments, evaluate, write the result files. Raises on bad input, before writing."""
     args, recipe_argv = build_parser().parse_known_args(argv)
     _check_args(args)
-    from .train import parse_recipe
+    from ..recipe import parse_recipe
 
     if args.split:
         recipe_argv += ["--dataset_test_split", args.split]
     script_args, training_args, model_args = parse_recipe(["--config", args.config, *recipe_argv])
     backend_name = _choose_backend(args.backend)
 
-    from .data import load_recipe_split
-    from .episodes import build_episode
-    from .registry import get_reward_func
+    from ..episodes import build_episode
+    from ..registry import get_reward_func
+    from ..tasks.data import load_recipe_split
 
     # Cheap checks first: a bad dataset or reward name fails before any model is loaded.
     correctness = get_reward_func(training_args.correctness_reward)
@@ -208,7 +208,7 @@ def _load(backend_name: str, model_path: str, model_args, max_new_tokens: int, s
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .eval_backends import TransformersBackend, VLLMBackend
+    from .backends import TransformersBackend, VLLMBackend
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)

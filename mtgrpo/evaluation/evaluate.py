@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .chat import ChatTurns
-from .episodes import run_episodes
-from .eval_backends import TransformersBackend
-from .metrics import self_correction_metrics
+from ..chat import ChatTurns
+from ..episodes import run_episodes
+from ..metrics import self_correction_metrics
+from .backends import TransformersBackend
 
 
 @dataclass

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .history import HISTORY_FILE
+from ..history import HISTORY_FILE
 
 # Panels of the training figure: title, metric name patterns (fnmatch). A panel is drawn when any name matched.
 TRAINING_PANELS = [

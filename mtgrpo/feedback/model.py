@@ -99,7 +99,7 @@ class TransformersFeedbackModel:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .models import resolve_model_path
+        from ..models import resolve_model_path
 
         path = resolve_model_path(name_or_path)
         self.device = torch.device(device) if device else _trainer_device()

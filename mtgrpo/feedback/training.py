@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .feedback_model import (
+from .model import (
     Conversation,
     FeedbackSample,
     FeedbackServerError,
@@ -47,7 +47,7 @@ from .feedback_model import (
     cut_at_stop,
     render_prompt_ids,
 )
-from .feedback_weights import AdapterFeedbackModel, AdapterWeights, SeparateWeights, check_adapter_setup
+from .weights import AdapterFeedbackModel, AdapterWeights, SeparateWeights, check_adapter_setup
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from trl.trainer.utils import use_adapter  # set / restore the active adapter; None disables them all
 
-from .feedback_model import Conversation, FeedbackSample, TransformersFeedbackModel
+from .model import Conversation, FeedbackSample, TransformersFeedbackModel
 
 FEEDBACK_ADAPTER = "feedback"
 # Not PEFT's adapter_model.safetensors: transformers would take a checkpoint subfolder holding that file for an
@@ -43,7 +43,7 @@ class SeparateWeights:
         if args.feedback_beta > 0:
             from transformers import AutoModelForCausalLM
 
-            from .models import resolve_model_path
+            from ..models import resolve_model_path
 
             path = resolve_model_path(args.feedback_model_name_or_path)
             self.reference = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device).eval()
@@ -168,7 +168,7 @@ def check_adapter_setup(args, model, accelerator) -> None:
     """feedback_lora's requirements on the trainer, as one clear error each (ValueError: exit status 2)."""
     from accelerate.utils import is_peft_model
 
-    from .models import resolve_model_path
+    from ..models import resolve_model_path
 
     if not is_peft_model(model):
         raise ValueError(

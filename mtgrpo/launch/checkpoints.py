@@ -1,6 +1,6 @@
 """Find the newest checkpoint a run can safely resume from.
 
-    from mtgrpo.checkpoints import latest_checkpoint
+    from mtgrpo.launch.checkpoints import latest_checkpoint
     trainer.train(resume_from_checkpoint=latest_checkpoint(args.output_dir))
 
 transformers' `Trainer._save_checkpoint` writes straight into `checkpoint-N/` (no temp dir, no rename), in

@@ -1,7 +1,7 @@
 """Check this machine against what a recipe needs, with a fix for each problem.
 
     mtgrpo doctor [--config RECIPE] [--min-free-gb GB]
-    python -m mtgrpo.doctor --config recipes/qwen2.5-1.5b-instruct/gsm8k-refine.yaml
+    python -m mtgrpo.launch.doctor --config recipes/qwen2.5-1.5b-instruct/gsm8k-refine.yaml
 
 Exit code 1 when something the recipe requires is missing; warnings (no GPU for a CPU recipe, no HF token,
 vLLM server not started yet) keep it 0. Credentials are reported by where they were found, never by value.
@@ -14,7 +14,6 @@ import netrc
 import os
 import re
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,8 +22,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from .launcher import is_healthy
-from .recipe_file import read_recipe
+from ..recipe import read_recipe
+from .processes import is_healthy
 
 # Used when mtgrpo is run from a checkout without being pip-installed; mirrors pyproject.toml (a test checks).
 FALLBACK_RANGES = {
@@ -134,18 +133,10 @@ def check_packages(recipe: dict) -> list[Check]:
 def check_java(recipe: dict) -> list[Check]:
     if recipe.get("search_backend") != "pyserini":
         return []
-    fix = "install JDK 21 (apt-get install openjdk-21-jdk-headless, or conda install -c conda-forge openjdk=21) and set JAVA_HOME"
-    java = shutil.which("java")
-    if java is None:
-        return [Check("java", FAIL, "not found; search_backend: pyserini needs Java 21", fix)]
-    result = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
-    major = int(match.group(1)) if match else 0
-    if major == 1 and match.group(2):  # "1.8.0" style
-        major = int(match.group(2))
-    if major < 21:
-        return [Check("java", FAIL, f"Java {major or '?'} at {java}; Pyserini needs Java 21", fix)]
-    return [Check("java", OK, f"Java {major} at {java}")]
+    from ..tasks.search import JAVA_FIX, java_problem
+
+    problem, detail = java_problem()
+    return [Check("java", FAIL, problem, JAVA_FIX)] if problem else [Check("java", OK, detail)]
 
 
 # Bytes per parameter of one full-model checkpoint: DeepSpeed's fp32 master weights + Adam's two moments (12),

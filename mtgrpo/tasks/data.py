@@ -19,8 +19,8 @@ from pathlib import Path
 
 import datasets
 
-from .code_data import CODE_SCHEMAS, load_code_dataset
-from .registry import _load_rewards_package
+from ..registry import _load_rewards_package
+from .code import CODE_SCHEMAS, load_code_dataset
 
 logger = logging.getLogger(__name__)
 

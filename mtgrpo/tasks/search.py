@@ -16,14 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models import cache_dir
+from ..models import cache_dir
 
 BUNDLED_CORPUS = "wiki-sample"
 PYSERINI_INDEX = "wikipedia-kilt-doc"
@@ -62,15 +64,34 @@ class BM25Index:
         return [self.documents[i] for i, s in zip(indices[0], scores[0], strict=True) if s > 0]
 
 
+JAVA_FIX = (
+    "install JDK 21 (apt-get install openjdk-21-jdk-headless, or conda install -c conda-forge openjdk=21) "
+    "and set JAVA_HOME"
+)
+
+
+def java_problem() -> tuple[str | None, str]:
+    """(what is wrong with this machine's Java for Pyserini or None, what was found); `mtgrpo doctor` reports it."""
+    java = shutil.which("java")
+    if java is None:
+        return "not found; search_backend: pyserini needs Java 21", ""
+    result = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
+    major = int(match.group(1)) if match else 0
+    if major == 1 and match.group(2):  # "1.8.0" style
+        major = int(match.group(2))
+    if major < 21:
+        return f"Java {major or '?'} at {java}; Pyserini needs Java 21", ""
+    return None, f"Java {major} at {java}"
+
+
 class PyseriniIndex:
     """Pyserini's prebuilt Lucene index of the KILT Wikipedia dump (one document per article)."""
 
     def __init__(self, index_name: str = PYSERINI_INDEX):
-        from .doctor import FAIL, check_java
-
-        for check in check_java({"search_backend": "pyserini"}):
-            if check.status == FAIL:
-                raise RuntimeError(f"search_backend: pyserini: {check.detail}. Fix: {check.fix}.")
+        problem, _ = java_problem()
+        if problem:
+            raise RuntimeError(f"search_backend: pyserini: {problem}. Fix: {JAVA_FIX}.")
         try:
             from pyserini.search.lucene import LuceneSearcher
         except ImportError as err:
