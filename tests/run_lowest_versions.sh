@@ -55,5 +55,5 @@ if wrong:
 PY
 export MTGRPO_CACHE="${PWD}/${venv}/mtgrpo-cache" HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1 TOKENIZERS_PARALLELISM=false
 "${venv}/bin/python" -m pytest -q -ra -p no:cacheprovider \
-  tests/test_chat.py tests/test_episodes.py tests/test_tool_episode.py tests/test_episodes_multiprocess.py \
-  tests/test_code_refine.py tests/test_bundled_model.py "$@"
+  tests/core/test_chat.py tests/episodes/test_episodes.py tests/episodes/test_tool_episode.py tests/episodes/test_episodes_multiprocess.py \
+  tests/episodes/test_code_refine.py tests/core/test_bundled_model.py "$@"

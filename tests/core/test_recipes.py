@@ -7,7 +7,7 @@ import pytest
 from mtgrpo.recipe import check_recipe_keys, parse_recipe
 from mtgrpo.registry import get_reward_funcs
 
-RECIPES = sorted(str(p) for p in Path(__file__).resolve().parent.parent.joinpath("recipes").rglob("*.yaml"))
+RECIPES = sorted(str(p) for p in Path(__file__).resolve().parents[2].joinpath("recipes").rglob("*.yaml"))
 
 
 def test_there_are_recipes():

@@ -14,7 +14,7 @@ from mtgrpo.evaluation import cli as eval_cli
 from mtgrpo.evaluation.evaluate import evaluate, markdown_table, summarize
 from mtgrpo.registry import get_reward_func
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = "recipes/smollm2-135m-instruct/arithmetic-refine.yaml"
 
 

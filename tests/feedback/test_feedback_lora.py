@@ -1,6 +1,6 @@
 """feedback_lora: true — the solver and the feedback writer as two LoRA adapters on ONE tiny base model.
 
-Same checks as tests/test_bilevel.py for two models, here on one: each adapter is trained only on its own role's
+Same checks as tests/feedback/test_bilevel.py for two models, here on one: each adapter is trained only on its own role's
 tokens, the base weights never move, the KL reference is the base model, kill-and-resume restores both adapters and
 both optimizers, and the feedback adapter's merged weights go to its vLLM server (FakeVLLMClient stands in for TRL's
 VLLMClient: vLLM cannot run here).

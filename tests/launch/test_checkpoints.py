@@ -76,7 +76,7 @@ import pytest  # noqa: E402
 
 from mtgrpo.launch.checkpoints import CheckpointError  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _zero3(root, step, ranks):

@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 
 from mtgrpo.launch import doctor
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WANDB_SECRET = "0123456789abcdef0123456789abcdef-doctor"
 HF_SECRET = "hf_doctorSecretValue123"
 

@@ -8,7 +8,7 @@ import pytest
 
 from mtgrpo.launch.plan import format_plan, plan_launch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BILEVEL = "recipes/llama-3.2-1b-instruct/math-bilevel.yaml"
 FIXED = "recipes/llama-3.2-1b-instruct/math-fixed-feedback.yaml"
 

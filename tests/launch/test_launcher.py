@@ -18,7 +18,7 @@ import pytest
 from mtgrpo.launch.plan import Command, LaunchPlan, plan_launch
 from mtgrpo.launch.processes import ServerError, _start, execute, stop_process_group, wait_for_server
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GPU_RECIPE = "tests/fixtures/recipes/gpu-server.yaml"
 CPU_RECIPE = "tests/fixtures/recipes/cpu.yaml"
 SUBPROCESS_ENV = {

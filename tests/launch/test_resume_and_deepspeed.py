@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from mtgrpo.launch.checkpoints import latest_checkpoint, missing_parts
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

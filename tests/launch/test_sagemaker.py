@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "tests/fixtures/recipes/gpu-server.yaml"
 ROLE = "arn:aws:iam::123456789012:role/mtgrpo-sagemaker"
 REGION = "us-west-2"

@@ -17,7 +17,7 @@ from mtgrpo.launch.checkpoints import latest_checkpoint
 from mtgrpo.launch.plan import Command, LaunchPlan
 from mtgrpo.launch.processes import execute
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 # A real Trainer on a tiny torch model; each step is slowed down so the signal lands mid-run. It records the

@@ -9,7 +9,7 @@ import pytest
 
 from mtgrpo.registry import _load_rewards_package, get_reward_func, get_reward_funcs
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 rewards = _load_rewards_package()
 math_answer_correct = rewards.math_answer_correct
 format_reward = rewards.format_reward

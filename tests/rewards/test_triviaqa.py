@@ -12,7 +12,7 @@ import pytest
 from mtgrpo.registry import _load_rewards_package, get_reward_func
 from mtgrpo.tasks.data import load_task_dataset
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = "recipes/smollm2-135m-instruct/triviaqa-search.yaml"
 rewards = _load_rewards_package()
 tq = rewards.triviaqa

@@ -5,7 +5,7 @@ import pytest
 
 from mtgrpo.tasks.data import SCHEMAS, load_task_dataset
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def test_gsm8k_schema():

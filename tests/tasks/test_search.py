@@ -123,7 +123,7 @@ def test_index_download_runs_once_per_machine(tmp_path):
         print((Path(path) / "done").read_text())
         """
     )
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     procs = [
         subprocess.Popen([sys.executable, "-c", worker], env=env, stdout=subprocess.PIPE, text=True)
