@@ -29,6 +29,7 @@ success, answer in the first result) and R_O the outcome rewards, each group-nor
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections import Counter
@@ -190,7 +191,9 @@ class ToolEpisode:
         from trl.chat_template_utils import parse_response
 
         prefix = rollout.prompt_ids + [tok for seg in rollout.segments[:-1] for tok in seg.ids]
-        parsed = parse_response(self._chat.tokenizer, segment.ids, prefix=prefix, tools=self.chat_tools)
+        # trl 1.16 types the call's arguments with the tools' schemas ("7" -> 7 for an integer); 1.15 cannot.
+        typed = {"tools": self.chat_tools} if "tools" in inspect.signature(parse_response).parameters else {}
+        parsed = parse_response(self._chat.tokenizer, segment.ids, prefix=prefix, **typed)
         if not parsed.get("tool_calls") or _ANSWER.search(parsed["content"]):
             return None
         return [_native_call(call) for call in parsed["tool_calls"]]

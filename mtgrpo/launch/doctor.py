@@ -27,7 +27,7 @@ from .processes import is_healthy
 
 # Used when mtgrpo is run from a checkout without being pip-installed; mirrors pyproject.toml (a test checks).
 FALLBACK_RANGES = {
-    "trl": ">=1.14,<1.17",
+    "trl": ">=1.15,<1.17",
     "transformers": ">=5.0,<6",
     "vllm": ">=0.22.0,<=0.31.0",
     "deepspeed": ">=0.17",
