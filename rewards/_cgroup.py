@@ -86,6 +86,9 @@ def available() -> tuple[str, str]:
         try:
             for path in v1.values():
                 os.makedirs(path, exist_ok=True)
+            # The runs share one parent group: give it the weight of the processes it replaces (one per worker),
+            # not that of a single process, against the rest of the machine.
+            _try_write(os.path.join(v1["cpu"], "cpu.shares"), str(1024 * _workers()))
         except OSError as err:
             return "", f"cgroup v1: cannot create {path}: {err}"
         _V1_PARENTS.update(v1)
@@ -102,11 +105,19 @@ def available() -> tuple[str, str]:
             _write(os.path.join(base, "cgroup.subtree_control"), "+memory +pids +cpu")
             os.makedirs(parent, exist_ok=True)
             _write(os.path.join(parent, "cgroup.subtree_control"), "+memory +pids +cpu")
+            _try_write(os.path.join(parent, "cpu.weight"), str(min(10_000, 100 * _workers())))
         except OSError as err:
             return "", f"cgroup v2: cannot enable controllers under {base}: {err}"
         _V2_PARENT.append(parent)
         return "v2", ""
     return "", "no writable cgroup hierarchy with the memory, pids and cpu controllers"
+
+
+def _workers() -> int:
+    try:
+        return 2 * len(os.sched_getaffinity(0))
+    except AttributeError:
+        return 2 * (os.cpu_count() or 1)
 
 
 _V1_PARENTS: dict[str, str] = {}

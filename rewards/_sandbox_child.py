@@ -35,6 +35,7 @@ CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
 KEYCTL_JOIN_SESSION_KEYRING = 1
 _SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
 _DEVICES = ("null", "zero", "random", "urandom")
@@ -297,6 +298,8 @@ def _run_rlimits(payload):
     # RLIMIT_NPROC counts per uid: as root we drop to the run's own uid (root would ignore the limit, and could
     # signal every process); as another user the trainer's own threads count too, so the budget comes on top.
     nproc = payload["max_processes"] + (_tasks_of_uid(uid) if uid != 0 else 0)
+    # Orphans of the run come to us, not to the trainer (which may be pid 1 of its container and never reap).
+    _libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     harness = os.fork()
     if harness == 0:
@@ -310,8 +313,22 @@ def _run_rlimits(payload):
     _supervise(_emitter(payload), harness)
     if uid == 0:
         _kill_uid(payload["uid"])  # everything the program started, including processes that left our session
+    _reap_all(block=uid == 0)
     # Leftovers of the program that stayed in our process group, and us.
     os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _reap_all(block):
+    """Reap the run's orphans (we are their subreaper). ``block``: all of them were just killed."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == 0:  # alive: it left our session as a normal user, which rlimits mode cannot stop (docs)
+            return
 
 
 def _kill_uid(uid):
@@ -425,7 +442,9 @@ def _plain(value, depth=0, budget=None):
     if isinstance(value, frozenset):
         return {"fs": [_plain(x, depth + 1, budget) for x in frozenset.__iter__(value)]}
     if isinstance(value, dict):
-        return {"d": [[_plain(k, depth + 1, budget), _plain(v, depth + 1, budget)] for k, v in dict.items(value)]}
+        return {
+            "d": [[_plain(k, depth + 1, budget), _plain(v, depth + 1, budget)] for k, v in dict.items(value)]
+        }
     raise TypeError(
         f"the call returned a {type(value).__name__}; only builtin values (numbers, str, bytes, None, list, "
         "tuple, set, dict) can be checked"

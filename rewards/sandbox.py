@@ -38,7 +38,7 @@ from pathlib import Path
 
 from . import verdict
 from ._cgroup import RunCgroup
-from ._cgroup import available as cgroups_available
+from ._cgroup import available as _cgroups_available
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,11 @@ class ExecutionResult:
         return sum(j == "outside" for j in self.test_judged)
 
 
+def cgroup_support() -> tuple[str, str]:
+    """("v1" or "v2", "") where each run gets its own cgroup (memory, tasks, CPU), else ("", why not)."""
+    return _cgroups_available()
+
+
 def default_workers() -> int:
     """Parallel runs: two per CPU this process may use (its affinity mask, e.g. under taskset or a cpuset).
 
@@ -168,12 +173,19 @@ def isolation_mode() -> str:
     else:
         for attempt in range(1, _PROBE_ATTEMPTS + 1):
             # Generous timeout and retries: a busy machine must not cost the whole training run its isolation.
-            probe = _run(Program("x = 1", ("assert x == 1",)), SandboxLimits(timeout_s=10.0 * attempt), "namespaces")
+            probe = _run(
+                Program("x = 1", ("assert x == 1",)), SandboxLimits(timeout_s=10.0 * attempt), "namespaces"
+            )
             if probe.reason == "passed":
                 return "namespaces"
             error = probe.feedback.strip().splitlines()[-1][:300] if probe.feedback.strip() else probe.reason
-            logger.info("Code sandbox: namespace probe %d/%d failed (%s): %s", attempt, _PROBE_ATTEMPTS,
-                        probe.reason, error)
+            logger.info(
+                "Code sandbox: namespace probe %d/%d failed (%s): %s",
+                attempt,
+                _PROBE_ATTEMPTS,
+                probe.reason,
+                error,
+            )
             if attempt < _PROBE_ATTEMPTS:
                 time.sleep(0.5 * attempt)
     if wanted == "namespaces":
@@ -304,7 +316,9 @@ class _Reader(threading.Thread):
             self.data += chunk[: max(room, 0)]
 
     def finish(self) -> bytes:
-        self.join(_DRAIN_S)  # a process that escaped the final kill (rlimits mode, non-root) may hold the pipe
+        self.join(
+            _DRAIN_S
+        )  # a process that escaped the final kill (rlimits mode, non-root) may hold the pipe
         self.stop.set()
         self.join()
         os.close(self.fd)
@@ -389,6 +403,8 @@ def _run(program: Program, limits: SandboxLimits, mode: str) -> ExecutionResult:
                     )
             if cgroup:
                 cgroup.kill()  # whatever is left of the run, in whatever session or namespace
+            if mode == "rlimits" and os.geteuid() == 0:
+                _remove_leftovers(payload["uid"])
         data = reader.finish()
         oom = cgroup.oom_killed() if cgroup else False
         cpu_s = cgroup.cpu_seconds() if cgroup else None
@@ -415,6 +431,47 @@ def _stop(proc: subprocess.Popen) -> None:
         pass
     _kill_group(proc.pid)
     proc.wait()
+
+
+_SYSV = {"shm": 0, "msg": 1, "sem": 2}  # /proc/sysvipc file -> index into (shmctl, msgctl, semctl)
+_IPC_RMID = 0
+_SHARED_DIRS = ("/dev/shm", "/dev/mqueue", "/tmp", "/var/tmp")
+
+
+def _remove_leftovers(uid: int) -> None:
+    """rlimits mode as root: what the run's uid left in the host's shared places. System V segments and files
+    in /dev/shm are memory that no rlimit counts and that would outlive the run."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ctls = (libc.shmctl, libc.msgctl, libc.semctl)
+    for kind, which in _SYSV.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                header, *rows = f.read().splitlines()
+        except OSError:
+            continue
+        columns = header.split()
+        for row in rows:
+            fields = dict(zip(columns, row.split(), strict=False))
+            ident = fields.get("shmid") or fields.get("msqid") or fields.get("semid")
+            if ident and uid in (int(fields.get("uid", -1)), int(fields.get("cuid", -1))):
+                ctls[which](int(ident), _IPC_RMID, None)
+    for directory in _SHARED_DIRS:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def _kill_group(pgid: int) -> None:
@@ -494,7 +551,10 @@ def _parse_records(data: bytes, nonce: str, plans, overflow: bool) -> tuple[list
             _validate(record, plans)
             key = (record["event"], record.get("index"))
             if key in seen:
-                raise _Malformed(f"a second {record['event']} record" + (f" for test {key[1]}" if key[1] is not None else ""))
+                raise _Malformed(
+                    f"a second {record['event']} record"
+                    + (f" for test {key[1]}" if key[1] is not None else "")
+                )
             seen.add(key)
             if record["event"] == "test" and record["status"] == "values":
                 record["decoded"] = _decode_values(record["values"], plans[record["index"]])
@@ -580,8 +640,12 @@ def safe_text(text: str) -> str:
 
 
 def _short(text: str, limit: int = _FEEDBACK_CHARS) -> str:
+    """At most ``limit`` characters: the first line (what happened) and the end (the error itself)."""
     text = safe_text(text).strip()
-    return text if len(text) <= limit else "..." + text[-(limit - 3) :]
+    if len(text) <= limit:
+        return text
+    head = text.split("\n", 1)[0][: limit // 4]
+    return head + "\n..." + text[-(limit - len(head) - 4) :]
 
 
 def _signal_name(number: int) -> str:

@@ -92,7 +92,9 @@ class TestPlan:
     """How one test runs: entirely inside the sandbox, or its calls inside and its verdict in the trainer."""
 
     judged: str  # "outside" or "inside"
-    inside_source: str  # what the sandbox gets: the test itself, or its statements with asserts -> __check__(CALL)
+    inside_source: (
+        str  # what the sandbox gets: the test itself, or its statements with asserts -> __check__(CALL)
+    )
     checks: tuple = ()  # outside: per assert, the ast.Expression the trainer evaluates (placeholder ``__value__``)
     assert_sources: tuple[str, ...] = ()  # outside: each assert as written (for feedback)
 
@@ -295,7 +297,9 @@ def judge(plan: TestPlan, values: Sequence) -> Verdict:
         try:
             ok = bool(_eval(check.body, env))
         except Exception as exc:  # the program's value did not fit the assert (e.g. sorted() of mixed types)
-            return Verdict(False, source, _short_repr(env.get("__value__")), f"{type(exc).__name__}: {exc}"[:300])
+            return Verdict(
+                False, source, _short_repr(env.get("__value__")), f"{type(exc).__name__}: {exc}"[:300]
+            )
         if not ok:
             return Verdict(False, source, _short_repr(env.get("__value__")) if env else "")
     return Verdict(True)
@@ -366,7 +370,11 @@ def _check_size(op, left, right) -> None:
         raise OverflowError("exponent too large to evaluate in the trainer")
     if op is ast.Mult:
         for seq, n in ((left, right), (right, left)):
-            if isinstance(seq, str | bytes | list | tuple) and isinstance(n, int) and len(seq) * n > _MAX_SIZE:
+            if (
+                isinstance(seq, str | bytes | list | tuple)
+                and isinstance(n, int)
+                and len(seq) * n > _MAX_SIZE
+            ):
                 raise OverflowError("product too large to evaluate in the trainer")
 
 
@@ -398,7 +406,7 @@ def decode(data, depth: int = 0, budget: list | None = None):
         return [decode(x, depth + 1, budget) for x in data]
     if not (isinstance(data, dict) and len(data) == 1):
         raise BadValue(f"not an encoded value: {type(data).__name__}")
-    (tag, body), = data.items()
+    ((tag, body),) = data.items()
     try:
         if tag in ("t", "s", "fs") and isinstance(body, list):
             items = [decode(x, depth + 1, budget) for x in body]
