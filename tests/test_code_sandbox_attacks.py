@@ -374,8 +374,10 @@ def test_trainer_session_keyring_is_out_of_reach(mode):
         "```\n" * 50_000,
         "``" * 100_000,
         "```py" + "\t" * 100_000 + "x" * 100_000,
+        "``` a" * 40_000,
+        "```a\n" * 40_000,
     ],
-    ids=["spaces", "backticks", "fences", "half-fences", "tag"],
+    ids=["spaces", "backticks", "fences", "half-fences", "tag", "no-newline", "tagged-blocks"],
 )
 def test_program_extraction_is_linear(text):
     start = time.perf_counter()
