@@ -49,7 +49,9 @@ def _block_spans(text: str) -> list[tuple[str, int, int]]:
             break  # an opening fence needs its line's end; no later fence can have one either
         close = find(_FENCE, newline + 1)
         end = len(text) if close == -1 else close
-        spans.append(("" if newline == start + 3 else tag(text, start + 3, newline).group(1), newline + 1, end))
+        spans.append(
+            ("" if newline == start + 3 else tag(text, start + 3, newline).group(1), newline + 1, end)
+        )
         if close == -1:
             break
         pos = close + 3

@@ -241,12 +241,23 @@ def run_programs(
     workers = min(max_workers or default_workers(), len(todo))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
         for key, result in zip(
-            todo, pool.map(lambda k: _run(Program(*k[:3]), limits, mode), todo), strict=True
+            todo, pool.map(lambda k: _run_safely(Program(*k[:3]), limits, mode), todo), strict=True
         ):
             results[key] = result
             if cache and result.reason in _CACHEABLE:
                 _CACHE.put(key, result)
     return [results[k] for k in keys]
+
+
+def _run_safely(program: Program, limits: SandboxLimits, mode: str) -> ExecutionResult:
+    """``_run``, but a failure of the machinery (no process could start, a bug) ends only this run, as
+    ``killed``: one program must never cost the rest of the batch its scores."""
+    try:
+        return _run(program, limits, mode)
+    except Exception as exc:
+        logger.exception("Code sandbox: running one program failed; it scores 0 (killed).")
+        n = len(program.tests)
+        return ExecutionResult("killed", 0, n, f"The sandbox failed: {type(exc).__name__}", (False,) * n)
 
 
 def _limits(limits: SandboxLimits | None, overrides: dict) -> SandboxLimits:
@@ -300,9 +311,10 @@ class _Reader(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        poller = select.poll()  # not select.select: the trainer may hold descriptors numbered past 1024
+        poller.register(self.fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         while not self.stop.is_set():
-            ready, _, _ = select.select([self.fd], [], [], 0.05)
-            if not ready:
+            if not poller.poll(50):
                 continue
             try:
                 chunk = os.read(self.fd, 1 << 16)

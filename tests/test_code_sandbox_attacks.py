@@ -116,6 +116,20 @@ def test_forged_pass_records_for_outside_tests_are_rejected():
     assert result.reason == "killed" and result.fraction == 0.0
 
 
+def test_a_failure_of_the_machinery_costs_only_that_program(monkeypatch):
+    real_run = sandbox._run
+
+    def flaky_run(program, limits, mode):
+        if "boom" in program.code:
+            raise OSError("no process could start")
+        return real_run(program, limits, mode)
+
+    monkeypatch.setattr(sandbox, "_run", flaky_run)
+    results = run_programs([Program(GOOD, TESTS), Program(GOOD + "# boom\n", TESTS)], limits=LIMITS)
+    assert [r.reason for r in results] == ["passed", "killed"]
+    assert "The sandbox failed: OSError" in results[1].feedback
+
+
 # ------------------------------------------- 2. the result channel cannot be sought back to and rewritten
 
 # Against a result file: clear O_APPEND on the shared descriptor, then overwrite each "failed" the harness
