@@ -324,6 +324,20 @@ def test_memory_outside_the_address_space_limit_is_bounded(mode):
     assert _sysv_segments() <= before  # nothing of the run stays in the host's IPC namespace
 
 
+def test_rlimits_mode_as_root_removes_what_the_run_left_in_shared_places(monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("only root's rlimits mode runs programs under a uid of their own")
+    monkeypatch.setenv("MTGRPO_SANDBOX_ISOLATION", "rlimits")
+    sandbox.isolation_mode.cache_clear()
+    marker = f"mtgrpo-leftover-{os.getpid()}"
+    code = f"for d in ('/dev/shm', '/tmp'):\n    open(f'{{d}}/{marker}', 'w').write('x' * 1000)\n" + GOOD
+    try:
+        assert run_program(code, TESTS, limits=LIMITS).reason == "passed"
+    finally:
+        sandbox.isolation_mode.cache_clear()
+    assert not any(os.path.exists(f"{d}/{marker}") for d in ("/dev/shm", "/tmp"))
+
+
 def _sysv_segments() -> set[str]:
     with open("/proc/sysvipc/shm") as f:
         return {line.split()[1] for line in f.readlines()[1:]}
