@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _PARENT = "mtgrpo-sandbox"  # under the trainer's own cgroup
 _PERIOD_US = 100_000
+_STALE_S = 3600  # a run cgroup this old is left over from a trainer that died (runs last seconds)
 
 
 def _mounts() -> dict[str, str]:
@@ -92,6 +93,7 @@ def available() -> tuple[str, str]:
         except OSError as err:
             return "", f"cgroup v1: cannot create {path}: {err}"
         _V1_PARENTS.update(v1)
+        _remove_stale(v1.values())
         return "v1", ""
     if "v2" in mounts and "" in own:
         base = os.path.join(mounts["v2"], own[""].lstrip("/"))
@@ -109,8 +111,26 @@ def available() -> tuple[str, str]:
         except OSError as err:
             return "", f"cgroup v2: cannot enable controllers under {base}: {err}"
         _V2_PARENT.append(parent)
+        _remove_stale([parent])
         return "v2", ""
     return "", "no writable cgroup hierarchy with the memory, pids and cpu controllers"
+
+
+def _remove_stale(parents) -> None:
+    """Empty run cgroups a trainer that died mid-run left behind (rmdir fails, harmlessly, on busy ones)."""
+    for parent in parents:
+        try:
+            names = [n for n in os.listdir(parent) if n.startswith("run-")]
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(parent, name)
+            try:
+                # Only old ones: another trainer process (another rank) may have just made this one.
+                if time.time() - os.stat(path).st_mtime > _STALE_S:
+                    os.rmdir(path)
+            except OSError:
+                pass
 
 
 def _workers() -> int:

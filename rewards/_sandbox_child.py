@@ -43,6 +43,7 @@ _TRACEBACK_CHARS = 2000
 _MESSAGE_CHARS = 500
 _NAME_CHARS = 100
 _VALUE_CHARS = 64 << 10  # one reported value, as JSON
+_TEST_VALUES_CHARS = 256 << 10  # all values of one test: its record stays under the parent's record cap
 _VALUE_DEPTH, _VALUE_NODES = 64, 20_000  # rewards/verdict.py decodes no more than this
 _RESERVE = 4096  # result budget kept for the final records ("done", "exit")
 _MAX_FILES = 64  # RLIMIT_NOFILE: bounds memfds, pipes and sockets, which RLIMIT_AS does not count
@@ -254,7 +255,7 @@ def _run_namespaces(payload):
         )
         _limit_ipc()
     except OSError as err:
-        _emitter(payload)({"event": "setup_failed", "error": str(err)})
+        _emitter(payload)({"event": "setup_failed", "error": str(err)[:_MESSAGE_CHARS]})
         return
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until the handler below knows which child to kill
     init = os.fork()
@@ -265,7 +266,7 @@ def _run_namespaces(payload):
         try:
             jail = _build_jail(libc, payload)
         except OSError as err:
-            emit({"event": "setup_failed", "error": str(err)})
+            emit({"event": "setup_failed", "error": str(err)[:_MESSAGE_CHARS]})
             os._exit(0)
         harness = os.fork()
         if harness == 0:
@@ -273,7 +274,7 @@ def _run_namespaces(payload):
             try:
                 _enter_jail(payload, jail)
             except OSError as err:
-                emit({"event": "setup_failed", "error": str(err)})
+                emit({"event": "setup_failed", "error": str(err)[:_MESSAGE_CHARS]})
                 os._exit(0)
             _run_harness(payload, emit)
         _supervise(emit, harness)
@@ -452,10 +453,15 @@ def _plain(value, depth=0, budget=None):
 
 
 def _reporter(values, dumps):
+    used = [0]
+
     def __check__(value):
         data = dumps(_plain(value))
         if len(data) > _VALUE_CHARS:
             raise ValueError(f"the call returned a value over {_VALUE_CHARS} characters as JSON")
+        used[0] += len(data)
+        if used[0] > _TEST_VALUES_CHARS:
+            raise ValueError(f"the test's calls returned over {_TEST_VALUES_CHARS} characters of values")
         values.append(data)
 
     return __check__
@@ -486,7 +492,7 @@ def _run_harness(payload, emit, drop=None):
         try:
             drop()
         except OSError as err:
-            emit({"event": "setup_failed", "error": f"dropping root: {err}"})
+            emit({"event": "setup_failed", "error": f"dropping root: {err}"[:_MESSAGE_CHARS]})
             os._exit(0)
     namespace = {"__name__": "__sandbox__", "__builtins__": builtins}
 
@@ -542,7 +548,13 @@ def main():
         _kill_uid(int(sys.argv[2]))
         os._exit(0)
     payload = json.loads(sys.stdin.buffer.read())
-    _join_cgroups(payload)  # before anything else: every process of the run is counted from here on
+    try:
+        _join_cgroups(payload)  # before anything else: every process of the run is counted from here on
+    except OSError as err:
+        _emitter(payload)(
+            {"event": "setup_failed", "error": f"joining the run's cgroup: {err}"[:_MESSAGE_CHARS]}
+        )
+        os._exit(0)
     _fresh_session_keyring()
     if os.geteuid() == 0:
         _oom_score_adj(-1000)  # an OOM kill in the run's cgroup must not orphan our child (we reap it)
