@@ -45,10 +45,11 @@ MAX_INT_DIGITS = 4_000  # below Python's own int/str conversion limit (4300)
 _SAFE_FUNCS = {
     name: getattr(builtins, name)
     for name in (
-        "abs", "all", "any", "bool", "dict", "float", "frozenset", "int", "len", "list", "max", "min",
-        "round", "set", "sorted", "str", "sum", "tuple",
+        "abs", "all", "any", "bool", "float", "int", "len", "list", "max", "min", "round", "sorted", "str", "sum",
+        "tuple",
     )
 }  # fmt: skip
+_MAX_SAME_HASH = 8  # equal hashes among a set's members or a dict's keys (honest data: practically never 2)
 _MATH_FUNCS = {
     n: getattr(math, n) for n in ("isclose", "fabs", "floor", "ceil", "sqrt", "trunc", "isnan", "isinf")
 }
@@ -81,6 +82,36 @@ _JUDGING = (
     ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
 )  # fmt: skip
 _MAX_SIZE = 1_000_000  # elements a trainer-side sequence product or power may produce
+
+
+def _check_hashes(items) -> list:
+    """``items`` as a list, refused when many share a hash: a set or dict of colliding keys (``k * (2**61 - 1)``
+    for ints) costs quadratic time to build, seconds of the trainer's CPU, holding the GIL."""
+    items = list(items)
+    counts: dict[int, int] = {}
+    for item in items:
+        h = hash(item)
+        counts[h] = counts.get(h, 0) + 1
+        if counts[h] > _MAX_SAME_HASH:
+            raise BadValue("too many members with equal hashes")
+    return items
+
+
+def _safe_set(*args):
+    return set(_check_hashes(*args)) if args else set()
+
+
+def _safe_frozenset(*args):
+    return frozenset(_check_hashes(*args)) if args else frozenset()
+
+
+def _safe_dict(*args, **kwargs):
+    pairs = list(args[0].items() if args and isinstance(args[0], dict) else args[0]) if args else []
+    _check_hashes(k for k, _ in pairs)
+    return dict(pairs, **kwargs)
+
+
+_SAFE_FUNCS.update(set=_safe_set, frozenset=_safe_frozenset, dict=_safe_dict)
 
 
 class Unverifiable(Exception):
@@ -374,8 +405,10 @@ def _eval(node: ast.expr, env: dict):
 
 def _check_size(op, left, right) -> None:
     # The trainer must not build a gigantic object from a reported value ("x" * 10**12, 10 ** 10**9).
-    if op is ast.Pow and isinstance(left, int | float) and isinstance(right, int) and abs(right) > 10_000:
-        raise OverflowError("exponent too large to evaluate in the trainer")
+    if op is ast.Pow and isinstance(left, int | float) and isinstance(right, int):
+        size = abs(left).bit_length() if isinstance(left, int) else 64
+        if abs(right) > 10_000 or size * abs(right) > 1_000_000:
+            raise OverflowError("power too large to evaluate in the trainer")
     if op is ast.Mult:
         for seq, n in ((left, right), (right, left)):
             if (
@@ -418,13 +451,16 @@ def decode(data, depth: int = 0, budget: list | None = None):
     try:
         if tag in ("t", "s", "fs") and isinstance(body, list):
             items = [decode(x, depth + 1, budget) for x in body]
-            return {"t": tuple, "s": set, "fs": frozenset}[tag](items)
+            if tag == "t":
+                return tuple(items)
+            return (set if tag == "s" else frozenset)(_check_hashes(items))
         if tag == "d" and isinstance(body, list):
             pairs = []
             for pair in body:
                 if not (isinstance(pair, list) and len(pair) == 2):
                     raise BadValue("dict items must be [key, value] pairs")
                 pairs.append((decode(pair[0], depth + 1, budget), decode(pair[1], depth + 1, budget)))
+            _check_hashes(k for k, _ in pairs)
             return dict(pairs)
         if tag == "b" and isinstance(body, str):
             return bytes.fromhex(body)

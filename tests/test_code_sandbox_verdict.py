@@ -168,6 +168,8 @@ def test_values_that_cannot_be_checked_fail_the_test_with_a_reason():
         {"b": "zz"},
         json.loads("[" * 70 + "]" * 70),
         10**20_000,
+        {"s": [k * (2**61 - 1) for k in range(1, 20_001)]},  # equal hashes: seconds to build, holding the GIL
+        {"d": [[k * (2**61 - 1), 0] for k in range(1, 20_001)]},
     ],
     ids=[
         "unhashable",
@@ -178,6 +180,8 @@ def test_values_that_cannot_be_checked_fail_the_test_with_a_reason():
         "bad-hex",
         "too-deep",
         "huge-int",
+        "colliding-set",
+        "colliding-dict",
     ],
 )
 def test_decode_rejects_what_the_harness_never_writes(data):
@@ -189,6 +193,9 @@ def test_judge_never_raises_on_odd_values():
     plan = verdict.plan_test("assert sorted(f(1)) == [1, 2]")
     for value in ([2, "a"], None, 5, {"a": 1}, [float("nan")], "x" * 10):
         assert verdict.judge(plan, [value]).passed is False
+    colliding = [k * (2**61 - 1) for k in range(1, 20_001)]
+    assert verdict.judge(verdict.plan_test("assert set(f(1)) == {1}"), [colliding]).passed is False
+    assert verdict.judge(verdict.plan_test("assert f(1) ** 9000 == 1"), [2**1000]).passed is False
     big = verdict.plan_test("assert f(1) * 3 == 'xxx'")
     assert verdict.judge(big, ["x" * 600_000]).passed is False  # refused, not built
     assert verdict.judge(big, ["x"]).passed is True
