@@ -150,6 +150,15 @@ def _on_term(child_pid, after=None):
             after()
 
     signal.signal(signal.SIGTERM, handler)
+    _release_term()  # a SIGTERM that came while we forked is handled now
+
+
+def _hold_term():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _release_term():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _build_jail(libc, payload):
@@ -257,10 +266,10 @@ def _run_namespaces(payload):
     except OSError as err:
         _emitter(payload)({"event": "setup_failed", "error": str(err)[:_MESSAGE_CHARS]})
         return
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until the handler below knows which child to kill
+    _hold_term()  # until the handler below knows which child to kill: a SIGTERM now waits, it is not lost
     init = os.fork()
     if init == 0:  # pid 1 of the new pid namespace
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _release_term()
         _oom_score_adj(0)  # the launcher shields itself from the OOM killer, not the run
         emit = _emitter(payload)
         try:
@@ -301,10 +310,10 @@ def _run_rlimits(payload):
     nproc = payload["max_processes"] + (_tasks_of_uid(uid) if uid != 0 else 0)
     # Orphans of the run come to us, not to the trainer (which may be pid 1 of its container and never reap).
     _libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _hold_term()
     harness = os.fork()
     if harness == 0:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _release_term()
         _oom_score_adj(0)
         _set_rlimits(payload, nproc=nproc)
         _run_harness(

@@ -506,6 +506,10 @@ from mtgrpo.registry import _load_rewards_package
 sandbox = _load_rewards_package().sandbox
 program = "import os, time\nif os.fork() == 0:\n    time.sleep(100)\ndef add(a, b):\n    while True:\n        pass"
 result = sandbox.run_program(program, ["assert add(1, 2) == 3"], timeout_s=1.0)
+# Timeouts that fall anywhere in the launcher's start-up and forks.
+for timeout in (0.02, 0.05, 0.1, 0.2):
+    batch = [sandbox.Program(f"# {i} {timeout}\n" + program, ("assert add(1, 2) == 3",)) for i in range(8)]
+    sandbox.run_programs(batch, limits=sandbox.SandboxLimits(timeout_s=timeout))
 time.sleep(0.5)
 children = [(p.pid, p.status()) for p in psutil.Process().children()]
 print(json.dumps({"reason": result.reason, "children": children}))
