@@ -4,10 +4,14 @@
 0.5
 
 Each run starts a fresh interpreter (``python -I -S``, never a fork of the trainer) in its own session, with an
-empty environment, a private working directory, a wall-clock timeout that kills the whole process group and
-rlimits on CPU time, address space, processes and file size. As root (or with CAP_SYS_ADMIN) it also gets its
-own mount, pid, network, IPC and UTS namespaces, a read-only chroot and a throwaway uid. What holds where:
-docs/code_sandbox.md.
+empty environment, a private working directory, a fresh session keyring, a wall-clock timeout that kills the
+whole run and rlimits on CPU time, address space, processes, open files and file size. As root (or with
+CAP_SYS_ADMIN) it also gets its own mount, pid, network, IPC and UTS namespaces, a read-only chroot and a
+throwaway uid; where the trainer can make cgroups, one per run bounds its memory, tasks and CPU as a whole.
+
+Tests of the common assert shapes are judged here, not in the sandbox (rewards/verdict.py): the sandbox gets only
+their calls and reports the values as plain data. Every record the run writes is validated; anything malformed
+ends only that run, as ``killed``. What holds where: docs/code_sandbox.md.
 
 ``run_programs`` runs a batch on a thread pool (each thread waits on its own subprocess), two runs per CPU this
 process may use. The feedback text quotes the tests it ran: to show a model its errors without leaking hidden
