@@ -354,9 +354,12 @@ libc.syscall.restype = ctypes.c_long
 def keyctl(*args):
     return libc.syscall(SYS[1], *args)
 SESSION = ctypes.c_int(-3)
-assert keyctl(1, b"mtgrpo-keyring-test") >= 0  # join a fresh named session keyring: the trainer's, here
 secret = b"keyring-secret-5150"
-assert libc.syscall(SYS[0], b"user", b"mtgrpo-secret", secret, len(secret), SESSION) >= 0
+# Join a fresh named session keyring (the trainer's, here) and put a key in it; Docker's default seccomp
+# profile, for one, refuses keyctl: then there is no keyring to reach.
+if keyctl(1, b"mtgrpo-keyring-test") < 0 or libc.syscall(SYS[0], b"user", b"mtgrpo-secret", secret, len(secret), SESSION) < 0:
+    print(json.dumps({"skip": f"keyctl refused here (errno {ctypes.get_errno()})"}))
+    sys.exit(0)
 from mtgrpo.registry import _load_rewards_package
 sandbox = _load_rewards_package().sandbox
 program = '''
@@ -386,6 +389,8 @@ def test_trainer_session_keyring_is_out_of_reach(mode):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
+    if "skip" in report:
+        pytest.skip(report["skip"])
     assert report["reason"] == "passed"
     assert "keyring-secret-5150" not in report["stdout"]
     assert not report["planted"]  # the key the program added went to its own keyring, not the trainer's
