@@ -4,8 +4,11 @@
     python -I -S -B rewards/_sandbox_child.py kill-uid UID                (as root: end every process of UID)
 
 Started by rewards/sandbox.py in a new session with an empty environment; stdout and stderr are files the
-parent opened, the result file is the inherited descriptor ``payload["result_fd"]``. Standard library only, so
-it runs under ``-I -S`` without the trainer's site-packages.
+parent opened, the result channel is the inherited write end of a pipe, ``payload["result_fd"]`` (a pipe: nothing
+written to it can be sought back to and rewritten). Standard library only, so it runs under ``-I -S`` without the
+trainer's site-packages. The launcher first joins the run's cgroups (when the parent made them) and a fresh,
+empty session keyring; on SIGTERM (the parent's timeout) it kills its child and reaps it before exiting, so
+no process of the run is left for the trainer, possibly pid 1 of its container, to reap.
 
 Process tree in ``namespaces`` mode (root, or CAP_SYS_ADMIN + CAP_SETUID):
     launcher  unshare(mount, pid, net, ipc, uts namespaces), fork
@@ -15,8 +18,10 @@ Process tree in ``namespaces`` mode (root, or CAP_SYS_ADMIN + CAP_SETUID):
         harness  chroot into the jail, rlimits, drop to a per-run unprivileged uid, run setup, program, tests.
 In ``rlimits`` mode the launcher is the supervisor and the harness only gets rlimits (see docs/code_sandbox.md).
 
-Records go to the result file as lines ``<nonce> <json>``; the parent ignores any line without the nonce, so
+Records go to the result channel as lines ``<nonce> <json>``; the parent ignores any line without the nonce, so
 printing a fake "passed" does nothing, and a result with no "done" record (e.g. after ``sys.exit(0)``) fails.
+Tests the parent judges itself (rewards/verdict.py) arrive with each assert replaced by ``__check__(CALL)``:
+the harness reports CALL's value as plain data (``_plain``), never a verdict, and never sees the expected value.
 """
 
 import json
@@ -30,8 +35,21 @@ CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+KEYCTL_JOIN_SESSION_KEYRING = 1
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
 _DEVICES = ("null", "zero", "random", "urandom")
 _TRACEBACK_CHARS = 2000
+_MESSAGE_CHARS = 500
+_NAME_CHARS = 100
+_VALUE_CHARS = 64 << 10  # one reported value, as JSON
+_TEST_VALUES_CHARS = 256 << 10  # all values of one test: its record stays under the parent's record cap
+_VALUE_DEPTH, _VALUE_NODES = 64, 20_000  # rewards/verdict.py decodes no more than this
+_RESERVE = 4096  # result budget kept for the final records ("done", "exit")
+_MAX_FILES = 64  # RLIMIT_NOFILE: bounds memfds, pipes and sockets, which RLIMIT_AS does not count
+# A fresh IPC namespace (namespaces mode) gets no System V shared memory, message queues or semaphores: their
+# memory is not in RLIMIT_AS and outlives the process that allocated it.
+_IPC_LIMITS = {"shmmni": "0", "shmall": "0", "shmmax": "0", "msgmni": "0", "sem": "0 0 0 0"}
 
 
 def _emitter(payload):
@@ -40,11 +58,17 @@ def _emitter(payload):
     fd, write, dumps, getpid, me = payload["result_fd"], os.write, json.dumps, os.getpid, os.getpid()
     budget = [payload["result_bytes"]]
 
+    dropped = [0]
+
     def emit(record):
         if getpid() != me:  # a process the program forked fell through to our code: it must not report
             os._exit(1)
-        line = (prefix + dumps(record) + "\n").encode("utf-8", "replace")
-        if len(line) > budget[0]:
+        final = record.get("event") in ("done", "exit")
+        if final and dropped[0]:
+            record = {**record, "dropped": dropped[0]}
+        line = (prefix + dumps(record) + "\n").encode("utf-8", "surrogatepass")
+        if len(line) > budget[0] - (0 if final else _RESERVE):
+            dropped[0] += 1  # the parent sees the count: a missing test record is a failed test, never a pass
             return
         budget[0] -= len(line)
         try:
@@ -78,6 +102,63 @@ def _check(ret, what):
 def _mount(libc, source, target, fstype, flags, data=None):
     enc = lambda s: None if s is None else s.encode()  # noqa: E731
     _check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def _join_cgroups(payload):
+    """Move this process (and so everything it starts) into the run's cgroups, made by the parent."""
+    for procs in payload.get("cgroup_procs") or ():
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+
+def _fresh_session_keyring():
+    """Leave the trainer's session keyring: the run gets an empty one of its own (Linux only; best effort)."""
+    import ctypes
+    import platform
+
+    number = _SYS_KEYCTL.get(platform.machine())
+    if number is None:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc.syscall(number, KEYCTL_JOIN_SESSION_KEYRING, None) >= 0
+
+
+def _oom_score_adj(value):
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError:
+        pass
+
+
+def _limit_ipc():
+    for name, value in _IPC_LIMITS.items():
+        with open(f"/proc/sys/kernel/{name}", "w") as f:
+            f.write(value)
+
+
+def _on_term(child_pid, after=None):
+    """On SIGTERM (the parent's timeout): kill our child, reap it, and let the caller finish and exit."""
+
+    def handler(signum, frame):
+        try:
+            os.kill(child_pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if after is not None:
+            after()
+
+    signal.signal(signal.SIGTERM, handler)
+    _release_term()  # a SIGTERM that came while we forked is handled now
+
+
+def _hold_term():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _release_term():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _build_jail(libc, payload):
@@ -151,6 +232,7 @@ def _set_rlimits(payload, nproc):
         (resource.RLIMIT_FSIZE, (payload["max_output_bytes"],) * 2),
         (resource.RLIMIT_CORE, (0, 0)),
         (resource.RLIMIT_NPROC, (nproc, nproc)),
+        (resource.RLIMIT_NOFILE, (_MAX_FILES, _MAX_FILES)),
     ]
     for which, value in limits:
         resource.setrlimit(which, value)
@@ -180,16 +262,20 @@ def _run_namespaces(payload):
         _check(
             libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare"
         )
+        _limit_ipc()
     except OSError as err:
-        _emitter(payload)({"event": "setup_failed", "error": str(err)})
+        _emitter(payload)({"event": "setup_failed", "error": str(err)[:_MESSAGE_CHARS]})
         return
+    _hold_term()  # until the handler below knows which child to kill: a SIGTERM now waits, it is not lost
     init = os.fork()
     if init == 0:  # pid 1 of the new pid namespace
+        _release_term()
+        _oom_score_adj(0)  # the launcher shields itself from the OOM killer, not the run
         emit = _emitter(payload)
         try:
             jail = _build_jail(libc, payload)
         except OSError as err:
-            emit({"event": "setup_failed", "error": str(err)})
+            emit({"event": "setup_failed", "error": str(err)[:_MESSAGE_CHARS]})
             os._exit(0)
         harness = os.fork()
         if harness == 0:
@@ -197,12 +283,24 @@ def _run_namespaces(payload):
             try:
                 _enter_jail(payload, jail)
             except OSError as err:
-                emit({"event": "setup_failed", "error": str(err)})
+                emit({"event": "setup_failed", "error": str(err)[:_MESSAGE_CHARS]})
                 os._exit(0)
             _run_harness(payload, emit)
         _supervise(emit, harness)
         os._exit(0)  # takes every process left in the namespace with it
-    os.waitpid(init, 0)
+    _on_term(init)  # killing pid 1 kills the whole namespace; we still reap it below
+    _reap(init)
+
+
+def _reap(pid):
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 def _run_rlimits(payload):
@@ -210,17 +308,37 @@ def _run_rlimits(payload):
     # RLIMIT_NPROC counts per uid: as root we drop to the run's own uid (root would ignore the limit, and could
     # signal every process); as another user the trainer's own threads count too, so the budget comes on top.
     nproc = payload["max_processes"] + (_tasks_of_uid(uid) if uid != 0 else 0)
+    # Orphans of the run come to us, not to the trainer (which may be pid 1 of its container and never reap).
+    _libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    _hold_term()
     harness = os.fork()
     if harness == 0:
+        _release_term()
+        _oom_score_adj(0)
         _set_rlimits(payload, nproc=nproc)
         _run_harness(
             payload, _emitter(payload), drop=(lambda: _drop_privileges(payload["uid"])) if uid == 0 else None
         )
+    _on_term(harness)
     _supervise(_emitter(payload), harness)
     if uid == 0:
         _kill_uid(payload["uid"])  # everything the program started, including processes that left our session
+    _reap_all(block=uid == 0)
     # Leftovers of the program that stayed in our process group, and us.
     os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _reap_all(block):
+    """Reap the run's orphans (we are their subreaper). ``block``: all of them were just killed."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == 0:  # alive: it left our session as a normal user, which rlimits mode cannot stop (docs)
+            return
 
 
 def _kill_uid(uid):
@@ -268,7 +386,22 @@ def _error_record(exc, code_names):
     text = "".join(lines) + "".join(traceback.format_exception_only(type(exc), exc))
     if lines:
         text = "Traceback (most recent call last):\n" + text
-    return {"type": type(exc).__name__, "message": str(exc)[:500], "traceback": text[-_TRACEBACK_CHARS:]}
+    return {
+        "type": _text(type(exc).__name__, _NAME_CHARS),
+        "message": _text(_message(exc), _MESSAGE_CHARS),
+        "traceback": text[-_TRACEBACK_CHARS:],
+    }
+
+
+def _text(value, limit):
+    return value[:limit] if isinstance(value, str) else ""
+
+
+def _message(exc):
+    try:
+        return str(exc)[:_MESSAGE_CHARS]
+    except BaseException:  # a __str__ of the program's that raises
+        return "<message unavailable>"
 
 
 def _got_value(test_code, namespace):
@@ -288,6 +421,61 @@ def _got_value(test_code, namespace):
         return None
 
 
+def _plain(value, depth=0, budget=None):
+    """``value`` as JSON-able plain data (rewards/verdict.py ``decode`` reads it back); TypeError if impossible.
+
+    Only builtin types: a subclass becomes its builtin base (a namedtuple a tuple, a defaultdict a dict), so
+    whatever the program's classes do, the parent compares plain data with its own ``==``.
+    """
+    budget = [_VALUE_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0 or depth > _VALUE_DEPTH:
+        raise ValueError("the value is too large or too deeply nested to check")
+    if value is None or value is True or value is False:
+        return value
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, complex):
+        return {"c": [complex.__complex__(value).real, complex.__complex__(value).imag]}
+    if isinstance(value, bytes | bytearray):
+        return {"b": bytes(value).hex()}
+    if isinstance(value, list):
+        return [_plain(x, depth + 1, budget) for x in list.__iter__(value)]
+    if isinstance(value, tuple):
+        return {"t": [_plain(x, depth + 1, budget) for x in tuple.__iter__(value)]}
+    if isinstance(value, set):
+        return {"s": [_plain(x, depth + 1, budget) for x in set.__iter__(value)]}
+    if isinstance(value, frozenset):
+        return {"fs": [_plain(x, depth + 1, budget) for x in frozenset.__iter__(value)]}
+    if isinstance(value, dict):
+        return {
+            "d": [[_plain(k, depth + 1, budget), _plain(v, depth + 1, budget)] for k, v in dict.items(value)]
+        }
+    raise TypeError(
+        f"the call returned a {type(value).__name__}; only builtin values (numbers, str, bytes, None, list, "
+        "tuple, set, dict) can be checked"
+    )
+
+
+def _reporter(values, dumps):
+    used = [0]
+
+    def __check__(value):
+        data = dumps(_plain(value))
+        if len(data) > _VALUE_CHARS:
+            raise ValueError(f"the call returned a value over {_VALUE_CHARS} characters as JSON")
+        used[0] += len(data)
+        if used[0] > _TEST_VALUES_CHARS:
+            raise ValueError(f"the test's calls returned over {_TEST_VALUES_CHARS} characters of values")
+        values.append(data)
+
+    return __check__
+
+
 def _run_harness(payload, emit, drop=None):
     """Run setup code, program and tests in one namespace; report each step. Never returns.
 
@@ -298,11 +486,14 @@ def _run_harness(payload, emit, drop=None):
     import linecache
     import traceback
 
+    # Our own references: a program that replaces builtins.exec or compile only breaks its own run.
+    _exec, _compile, dumps, isinstance_ = builtins.exec, builtins.compile, json.dumps, builtins.isinstance
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it: a write past the output cap must kill
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _block_network()
+    tests = payload["tests"]
     sources = {"<setup>": payload["setup_code"], "<program>": payload["code"]}
-    sources.update({f"<test {i}>": t for i, t in enumerate(payload["tests"])})
+    sources.update({f"<test {i}>": t["source"] for i, t in enumerate(tests)})
     for name, source in sources.items():  # so tracebacks can quote the offending line
         linecache.cache[name] = (len(source), None, source.splitlines(True), name)
     names = set(sources)
@@ -310,36 +501,48 @@ def _run_harness(payload, emit, drop=None):
         try:
             drop()
         except OSError as err:
-            emit({"event": "setup_failed", "error": f"dropping root: {err}"})
+            emit({"event": "setup_failed", "error": f"dropping root: {err}"[:_MESSAGE_CHARS]})
             os._exit(0)
     namespace = {"__name__": "__sandbox__", "__builtins__": builtins}
 
+    def error_record(exc):
+        try:
+            return _error_record(exc, names)
+        except BaseException:  # an exception built to break traceback formatting
+            return {"type": "Exception", "message": "<unformattable exception>", "traceback": ""}
+
     def run(name, stage):
         try:
-            code = compile(sources[name], name, "exec")
+            code = _compile(sources[name], name, "exec")
         except (SyntaxError, ValueError) as exc:  # ValueError: the source holds a null byte
-            detail = "".join(traceback.format_exception_only(type(exc), exc))
+            detail = "".join(traceback.format_exception_only(type(exc), exc))[-_TRACEBACK_CHARS:]
             emit({"event": stage, "status": "syntax_error", "type": type(exc).__name__, "traceback": detail})
             return False
         try:
-            exec(code, namespace)
+            _exec(code, namespace)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: they end the program, not us
-            emit({"event": stage, "status": "error", **_error_record(exc, names)})
+            emit({"event": stage, "status": "error", **error_record(exc)})
             return False
         return True
 
     if run("<setup>", "setup") and run("<program>", "program"):
         emit({"event": "program", "status": "ok"})
-        for i, test in enumerate(payload["tests"]):
+        for i, test in enumerate(tests):
+            values = []
             try:
-                exec(compile(test, f"<test {i}>", "exec"), namespace)
+                code = _compile(test["source"], f"<test {i}>", "exec")
+                namespace["__check__"] = _reporter(values, dumps)
+                _exec(code, namespace)
             except BaseException as exc:
-                record = {"event": "test", "index": i, "status": "failed", **_error_record(exc, names)}
-                if isinstance(exc, AssertionError):
-                    record["got"] = _got_value(test, namespace)
+                record = {"event": "test", "index": i, "status": "failed", **error_record(exc)}
+                if isinstance_(exc, AssertionError) and not test["outside"]:
+                    record["got"] = _got_value(test["source"], namespace)
                 emit(record)
             else:
-                emit({"event": "test", "index": i, "status": "passed"})
+                if test["outside"]:
+                    emit({"event": "test", "index": i, "status": "values", "values": values})
+                else:
+                    emit({"event": "test", "index": i, "status": "passed"})
     emit({"event": "done"})
     try:
         sys.stdout.flush()
@@ -354,6 +557,16 @@ def main():
         _kill_uid(int(sys.argv[2]))
         os._exit(0)
     payload = json.loads(sys.stdin.buffer.read())
+    try:
+        _join_cgroups(payload)  # before anything else: every process of the run is counted from here on
+    except OSError as err:
+        _emitter(payload)(
+            {"event": "setup_failed", "error": f"joining the run's cgroup: {err}"[:_MESSAGE_CHARS]}
+        )
+        os._exit(0)
+    _fresh_session_keyring()
+    if os.geteuid() == 0:
+        _oom_score_adj(-1000)  # an OOM kill in the run's cgroup must not orphan our child (we reap it)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # the program reads an empty stdin (input() raises EOFError)
     os.close(devnull)

@@ -12,9 +12,11 @@ Dataset columns (mbpp and humaneval schemas, mtgrpo/code_data.py):
   setup_code     str (optional): run before the program in its namespace (imports the prompt or tests rely on)
   entry_point    str (optional): the function the tests call; only for transcripts and prompts
 
-Both rewards log code/pass_rate (share of programs passing every test), code/timeout_rate and
-code/syntax_error_rate through TRL's ``log_metric``, and each completion's failure reason as the ``code_reason``
-column of the completions table through ``log_extra`` (when the trainer provides them). Two code rewards over the
+Both rewards log code/pass_rate (share of programs passing every test), code/timeout_rate,
+code/syntax_error_rate and code/verified_outside_rate (share of tests whose verdict the trainer computed itself,
+rewards/verdict.py) through TRL's ``log_metric``, and each completion's failure reason and how its tests were
+judged as the ``code_reason`` and ``code_judged`` columns of the completions table through ``log_extra`` (when
+the trainer provides them). Two code rewards over the
 same batch execute each program once (the sandbox caches results).
 """
 
@@ -26,9 +28,39 @@ from collections.abc import Callable, Sequence
 from ._text import completion_text
 from .sandbox import ExecutionResult, Program, SandboxLimits, run_programs
 
-# A fenced block: ```python / ```py / ```python3 / bare ```, closed by ``` or cut off by the end of the text.
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_FENCE = "```"
 _PYTHON_TAGS = {"python", "py", "python3"}
+# The opening fence's language tag. Disjoint character classes: matching cannot backtrack.
+_TAG = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)")
+
+
+def _block_spans(text: str) -> list[tuple[str, int, int]]:
+    """(tag, start, end) of each fenced block's body: ```python / ```py / bare ```, closed by ``` or cut off
+    by the end of the text.
+
+    A single left-to-right scan with ``str.find`` (linear in the text: a completion is untrusted input, and a
+    backtracking regex took 24 s on 131k spaces after a fence). Same blocks as the regex
+    ``` ```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z) ``` with DOTALL.
+    """
+    spans, pos, find, tag = [], 0, text.find, _TAG.match
+    while (start := find(_FENCE, pos)) != -1:
+        newline = find("\n", start + 3)
+        if newline == -1:
+            break  # an opening fence needs its line's end; no later fence can have one either
+        close = find(_FENCE, newline + 1)
+        end = len(text) if close == -1 else close
+        spans.append(
+            ("" if newline == start + 3 else tag(text, start + 3, newline).group(1), newline + 1, end)
+        )
+        if close == -1:
+            break
+        pos = close + 3
+    return spans
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(tag, body) of each fenced block of ``text``, in order (see ``_block_spans``)."""
+    return [(tag, text[start:end]) for tag, start, end in _block_spans(text)]
 
 
 def extract_program(text: str) -> str:
@@ -40,23 +72,35 @@ def extract_program(text: str) -> str:
     """
     if not isinstance(text, str):
         return ""
-    blocks = _FENCE.findall(text)
-    python = [body for tag, body in blocks if tag.lower() in _PYTHON_TAGS]
-    if python:
-        return python[-1].strip("\n")
-    if blocks:
-        return blocks[-1][1].strip("\n")
+    spans = _block_spans(text)
+    python = [span for span in spans if span[0].lower() in _PYTHON_TAGS]
+    if python or spans:
+        _, start, end = (python or spans)[-1]
+        return text[start:end].strip("\n")
     return text.strip("\n") if text.strip() else ""
 
 
 def code_metrics(results: Sequence[ExecutionResult]) -> dict[str, float]:
-    """code/pass_rate, code/timeout_rate and code/syntax_error_rate over a batch of results."""
+    """code/pass_rate, code/timeout_rate, code/syntax_error_rate over a batch of results, and
+    code/verified_outside_rate: the share of the tests that ran whose verdict the trainer computed itself (a
+    drop means the policy meets tests it could subvert from inside; rewards/verdict.py)."""
     n = len(results) or 1
+    ran = [r for r in results if r.test_judged]
+    tests = sum(len(r.test_judged) for r in ran)
     return {
         "code/pass_rate": sum(r.reason == "passed" for r in results) / n,
         "code/timeout_rate": sum(r.reason == "timeout" for r in results) / n,
         "code/syntax_error_rate": sum(r.reason == "syntax_error" for r in results) / n,
+        "code/verified_outside_rate": sum(r.verified_outside for r in ran) / tests if tests else 0.0,
     }
+
+
+def judged_column(result: ExecutionResult) -> str:
+    """How the result's tests were judged, for the completions table: "outside 3/3", "outside 2/3, inside 1"."""
+    if not result.test_judged:
+        return "not run"
+    outside, total = result.verified_outside, len(result.test_judged)
+    return f"outside {outside}/{total}" + (f", inside {total - outside}" if outside < total else "")
 
 
 def execute_completions(
@@ -108,6 +152,7 @@ def make_code_reward(
                 log_metric(metric, value)
         if log_extra is not None:
             log_extra("code_reason", [r.reason for r in results])
+            log_extra("code_judged", [judged_column(r) for r in results])
         return [float(r.all_passed) if all_or_nothing else r.fraction for r in results]
 
     reward.__name__ = reward.__qualname__ = name

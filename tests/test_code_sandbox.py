@@ -368,12 +368,21 @@ def test_rewards_log_metrics_and_reasons():
         log_extra=extra.__setitem__,
     )
     assert scores == [1.0, 0.0, 0.0, 0.0]
-    assert metrics == {"code/pass_rate": 0.25, "code/timeout_rate": 0.25, "code/syntax_error_rate": 0.25}
-    assert extra == {"code_reason": ["passed", "syntax_error", "timeout", "no_code"]}
+    assert metrics == {
+        "code/pass_rate": 0.25,
+        "code/timeout_rate": 0.25,
+        "code/syntax_error_rate": 0.25,
+        "code/verified_outside_rate": 1.0,  # every test here is `assert CALL == EXPECTED`
+    }
+    assert extra == {
+        "code_reason": ["passed", "syntax_error", "timeout", "no_code"],
+        "code_judged": ["outside 3/3", "outside 3/3", "outside 3/3", "not run"],
+    }
     assert code_metrics([]) == {
         "code/pass_rate": 0.0,
         "code/timeout_rate": 0.0,
         "code/syntax_error_rate": 0.0,
+        "code/verified_outside_rate": 0.0,
     }
 
 
