@@ -32,7 +32,7 @@ extract_program, code_metrics, execute_completions = (
 REASONS, Program, SandboxLimits = sandbox.REASONS, sandbox.Program, sandbox.SandboxLimits
 isolation_mode, run_program, run_programs = sandbox.isolation_mode, sandbox.run_program, sandbox.run_programs
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TIMEOUT = 1.5
 MARGIN = 1.5  # process start, namespace setup and teardown on a busy 2-core machine
 LIMITS = SandboxLimits(timeout_s=TIMEOUT)

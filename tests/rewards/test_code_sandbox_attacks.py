@@ -29,7 +29,7 @@ Program, SandboxLimits, run_program, run_programs = (
     sandbox.run_programs,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LIMITS = SandboxLimits(timeout_s=3.0)
 TESTS = ("assert add(1, 2) == 3", "assert add(2, 2) == 4", "assert add(-1, 1) == 0")
 GOOD = "def add(a, b):\n    return a + b\n"

@@ -16,7 +16,7 @@ from mtgrpo.registry import _load_rewards_package
 rewards = _load_rewards_package()
 sandbox, verdict = rewards.sandbox, rewards.verdict
 Program, run_program, run_programs = sandbox.Program, sandbox.run_program, sandbox.run_programs
-FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
 LIMITS = sandbox.SandboxLimits(timeout_s=3.0)
 
 
