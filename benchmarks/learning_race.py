@@ -192,7 +192,7 @@ def evaluate_model(model, tokenizer, protocol_args, limit, records_path: Path):
     script_args, training_args, _ = protocol_args
     test_set = load_recipe_split(script_args, "test", seed=training_args.seed, limit=limit)
     result = evaluate(
-        model, tokenizer, build_episode(training_args), test_set, get_reward_func(training_args.correctness_reward),
+        model, tokenizer, build_episode(training_args, for_evaluation=True), test_set, get_reward_func(training_args.correctness_reward),
         training_args.max_completion_length, desc="eval", chat_template_kwargs=training_args.chat_template_kwargs,
     )  # fmt: skip
     # One transcript per problem, to read WHY a run fixes or breaks answers (turn texts, token counts, correctness).

@@ -15,7 +15,7 @@ from trl import GRPOConfig
 logger = logging.getLogger(__name__)
 
 EPISODES = ("refine", "tool", "plan", "self_correct", "mutis")
-FEEDBACK_SOURCES = ("self", "template", "model")
+FEEDBACK_SOURCES = ("self", "template", "model", "checker")
 TOOL_PROTOCOLS = ("text", "native", "auto")
 ADVANTAGE_MODES = ("mt_grpo", "grpo_or", "grpo_mr")
 SEARCH_BACKENDS = ("bm25", "pyserini")
@@ -75,7 +75,16 @@ class MTGRPOConfig(GRPOConfig):
             "help": "Who writes the feedback turn of a refine episode: 'self' = the policy under `feedback_prompt` "
             "(a tutor that points out problems without solving), 'template' = the fixed `feedback_template` text, "
             "'model' = a separate model (`feedback_model_name_or_path`), frozen or, with train_feedback_model, "
-            "trained (see docs/feedback_model.md)."
+            "trained (see docs/feedback_model.md); 'checker' = a program that checks the first answer "
+            "(`feedback_checker`)."
+        },
+    )
+    feedback_checker: str | None = field(
+        default=None,
+        metadata={
+            "help": "feedback_source=checker: the function that writes the feedback from the dataset row (without its "
+            "gold answer) and the first answer: a built-in ('arithmetic': recomputes every a op b = c claim and names "
+            "the wrong ones; 'code_tests': the visible tests' execution report) or package.module:function."
         },
     )
     train_feedback: bool = field(
@@ -162,6 +171,47 @@ class MTGRPOConfig(GRPOConfig):
     turn_advantage_coef: float = field(
         default=1.0,
         metadata={"help": "Tool episode, advantage_mode mt_grpo: lambda, the weight of the turn-level advantage A_T."},
+    )
+    tools: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Tool episode: the tools the policy may call, each a built-in (wiki_search, calculator, python) "
+            "or an import path package.module:function (TRL's convention: a plain function with type hints and a "
+            "docstring). Unset = [wiki_search]."
+        },
+    )
+    tool_call_prefix: str = field(
+        default="",
+        metadata={
+            "help": "Tool episode, tool_protocol text: text the episode writes at the start of the policy's first "
+            "turn (masked, never trained), which the policy continues, e.g. the opening of a call "
+            "'<tool>{\"name\": \"calculator\", \"args\": {\"expression\": \"'. A way in for a model that never "
+            "writes a call by itself. Training only: evaluation (mtgrpo eval, the demo) runs without it, so it "
+            "measures what the policy does by itself. Empty = off."
+        },
+    )
+    tool_call_prefix_rate: float = field(
+        default=1.0,
+        metadata={
+            "help": "Share of episodes (spread evenly over each group) whose first turn gets tool_call_prefix; the "
+            "others start from nothing, so a group compares the two."
+        },
+    )
+    tool_call_prefix_trained: bool = field(
+        default=False,
+        metadata={
+            "help": "Train the tool_call_prefix tokens with their turn's advantage, as if the policy had written them "
+            "(guided rollouts): the policy learns to open calls itself from the episodes where the written opening "
+            "led to a good answer. False = the prefix is masked like any injected text."
+        },
+    )
+    environment_factory: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tool episode: a TRL environment class, package.module:Class (TRL's environment_factory "
+            "convention: one instance per episode, reset(**row) may return text appended to the prompt, public "
+            "methods are the tools, optional get_reward() scores the episode). Replaces `tools`."
+        },
     )
     search_backend: str = field(
         default="bm25",
@@ -389,6 +439,14 @@ class MTGRPOConfig(GRPOConfig):
                 f"feedback_model_name_or_path / feedback_server_url are set but feedback_source={self.feedback_source!r}"
                 " does not use them. Set feedback_source: model, or remove them."
             )
+        if self.feedback_source == "checker" and not self.feedback_checker:
+            raise ValueError("feedback_source: checker needs feedback_checker: a built-in (arithmetic, code_tests) or "
+                             "an import path package.module:function.")
+        if self.feedback_checker and self.feedback_source != "checker":
+            raise ValueError(f"feedback_checker is set but feedback_source={self.feedback_source!r} does not use it. Set "
+                             "feedback_source: checker, or remove feedback_checker.")
+        if self.episode == "plan" and self.feedback_source == "checker":
+            raise ValueError("episode=plan has no checker turn; feedback_source: checker works with episode: refine.")
         if self.episode == "plan" and self.feedback_source == "template":
             raise ValueError(
                 "episode=plan needs a plan writer: feedback_source: model (a separate model) or self (the policy "
@@ -506,6 +564,14 @@ class MTGRPOConfig(GRPOConfig):
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1 (recipe field `{name}`).")
         if self.tool_timeout <= 0:
             raise ValueError(f"tool_timeout={self.tool_timeout} must be a positive number of seconds.")
+        if self.tool_call_prefix and self.tool_protocol == "native":
+            raise ValueError("tool_call_prefix writes the opening of a text-protocol call (<tool>...); it cannot be "
+                             "used with tool_protocol: native. Use tool_protocol: text, or drop tool_call_prefix.")
+        if not 0.0 <= self.tool_call_prefix_rate <= 1.0:
+            raise ValueError(f"tool_call_prefix_rate={self.tool_call_prefix_rate} must be between 0 and 1.")
+        if self.tools is not None and self.environment_factory:
+            raise ValueError("Set either tools (functions) or environment_factory (a class whose methods are the "
+                             "tools), not both.")
 
     def _fall_back_from_bf16_without_gpu(self) -> None:
         import torch
@@ -559,7 +625,7 @@ class ScriptArguments:
     dataset_name: str = field(
         default="arithmetic",
         metadata={
-            "help": "Hub dataset id, a local .jsonl/.parquet file, 'arithmetic' (procedural) or 'triviaqa-sample' "
+            "help": "Hub dataset id, a local .jsonl/.parquet file, 'arithmetic' or 'multiplication' (procedural) or 'triviaqa-sample' "
             "(a small bundled TriviaQA-schema set)."
         },
     )

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     model_path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     test_set = load_recipe_split(script_args, "test", seed=training_args.seed)
-    episode = build_episode(training_args)
+    episode = build_episode(training_args, for_evaluation=True)
     correctness = get_reward_func(training_args.correctness_reward)
 
     def held_out(model, desc):

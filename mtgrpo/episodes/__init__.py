@@ -10,8 +10,16 @@ from .tool import ToolEpisode
 __all__ = ["Rollout", "Segment", "TurnSpec", "run_episodes", "RefineEpisode", "ToolEpisode", "PlanEpisode", "build_episode"]
 
 
-def build_episode(args):
-    """The episode protocol named by `args.episode` (an MTGRPOConfig)."""
+def build_episode(args, for_evaluation: bool = False):
+    """The episode protocol named by `args.episode` (an MTGRPOConfig).
+
+    `for_evaluation`: without the training aids (tool_call_prefix), so evaluation measures what the policy does by
+    itself."""
+    if for_evaluation and getattr(args, "tool_call_prefix", ""):
+        import copy
+
+        args = copy.copy(args)
+        args.tool_call_prefix = ""
     factories = {"refine": RefineEpisode.from_config, "tool": ToolEpisode.from_config, "plan": PlanEpisode.from_config}
     factories["self_correct"] = SelfCorrectEpisode.from_config  # SCoRe (docs/self_correction.md)
     factories["mutis"] = MutisEpisode.from_config  # MuTIS interventions (docs/self_correction.md)

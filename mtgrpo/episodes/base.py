@@ -19,7 +19,8 @@ GenerateFn = Callable[[list[list[int]], int], tuple[list[list[int]], list[list[f
 class Segment:
     """A contiguous piece of an episode's completion stream.
 
-    role: "solver" / "feedback" / "tool" for turn content, "user" for injected instructions and role headers.
+    role: "solver" / "feedback" / "tool" for turn content, "user" for injected instructions and role headers,
+        "prefix" for text written at the start of a policy turn for the policy to continue.
     ids: token ids of the piece, as they sit in the stream.
     trained: whether these tokens enter the loss (TRL's tool_mask = 1).
     credit: which advantage the trained tokens receive (a key of Episode.advantages()); None when untrained.
@@ -52,6 +53,10 @@ class TurnSpec:
     message_text: str | None = None  # what transcripts show for the injected message (defaults to `message`)
     message_ids: list[int] | None = None  # ids of an injected non-user message (a native tool result)
     message_policy: str | None = None  # who wrote the injected message's text ("feedback": a feedback model)
+    # Text the episode writes at the start of the policy's turn, which the policy continues (masked, never trained),
+    # e.g. the opening of a tool call for a model that does not write one by itself.
+    response_prefix: str | None = None
+    prefix_trained: bool = False  # train the prefix's tokens with the turn's credit (guided rollouts)
 
 
 @dataclass
@@ -218,5 +223,18 @@ def _open_turn(rollout: Rollout, spec: TurnSpec, chat: ChatTurns, first: bool) -
                 text=text,
                 num_tokens=chat.text_length(text),
                 policy=spec.message_policy,
+            )
+        )
+    if spec.response_prefix:
+        ids = chat.tokenizer.encode(spec.response_prefix, add_special_tokens=False)
+        trained = spec.prefix_trained and spec.trained
+        rollout.segments.append(
+            Segment(
+                role="prefix",
+                ids=ids,
+                trained=trained,
+                credit=spec.credit if trained else None,
+                text=spec.response_prefix,
+                num_tokens=len(ids),
             )
         )

@@ -34,7 +34,10 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..advantages import group_normalize
+from ..tasks.code import execution_report
 from .base import Rollout, Segment, TurnSpec
+
+__all__ = ["RefineEpisode", "execution_report"]
 
 
 @dataclass
@@ -48,6 +51,7 @@ class RefineEpisode:
     refine_bonus_alpha: float = 0.0
     feedback_reward: str = "outcome"  # trained feedback: "outcome" = rf (MLMT-RL), "improvement" = rf - r1
     feedback_model: object | None = None  # feedback_source=model: a FeedbackModel (generate(conversations) -> texts)
+    feedback_checker: object | None = None  # feedback_source=checker: (row, attempt) -> str | Check
     feedback_credit = "feedback"  # the advantage a trainable feedback model's samples get (mtgrpo/feedback_training.py)
 
     @classmethod
@@ -62,6 +66,7 @@ class RefineEpisode:
             refine_bonus_alpha=args.refine_bonus_alpha,
             feedback_reward=args.feedback_reward,
             feedback_model=_feedback_model(args),
+            feedback_checker=_feedback_checker(args),
         )
 
     def __post_init__(self):
@@ -86,6 +91,11 @@ class RefineEpisode:
                     message_text=self.feedback_template,
                 ),
             ]
+        elif self.feedback_source == "checker":
+            # Like the template, but the text comes from a program that checks turn 1 (prepare_turn); never trained.
+            self.plan = [solve, TurnSpec(role="solver", credit="refine", message_role="feedback")]
+            if self.feedback_checker is None:
+                raise ValueError("feedback_source=checker needs a feedback_checker (see mtgrpo/feedback/checkers.py).")
         elif self.feedback_source == "model":
             # Like the template, but the text comes from the feedback model (prepare_turn); never trained.
             self.plan = [
@@ -95,7 +105,9 @@ class RefineEpisode:
             if self.feedback_model is None:
                 raise ValueError("feedback_source=model needs a feedback_model (see mtgrpo/feedback_model.py).")
         else:
-            raise ValueError(f"Unknown feedback_source {self.feedback_source!r}; use 'self', 'template' or 'model'.")
+            raise ValueError(
+                f"Unknown feedback_source {self.feedback_source!r}; use 'self', 'template', 'model' or 'checker'."
+            )
 
     @property
     def num_generation_turns(self) -> int:
@@ -107,6 +119,10 @@ class RefineEpisode:
     def prepare_turn(self, rollouts: list[Rollout], turn_index: int) -> None:
         """Before the feedback turn: run code tasks' turn-1 programs, then (feedback_source=model) ask the feedback
         model, once for the whole batch, with the execution report (if any) opening its request."""
+        if self.feedback_source == "checker":
+            if turn_index == 1:
+                self._check_turn1(rollouts)
+            return  # the checker decides what the feedback shows (code_tests runs the visible tests itself)
         self._run_turn1_programs(rollouts, turn_index)
         if self.feedback_source == "model" and turn_index == 1:
             from ..feedback.model import write_feedback
@@ -116,6 +132,15 @@ class RefineEpisode:
                 return self.feedback_prompt if result is None else f"{execution_report(result)}\n\n{self.feedback_prompt}"
 
             write_feedback(self.feedback_model, rollouts, request, getattr(self, "_chat", None))
+
+    def _check_turn1(self, rollouts: list[Rollout]) -> None:
+        """feedback_source=checker: the checker's verdict on each first answer becomes its feedback turn."""
+        from ..feedback.checkers import run_checker
+
+        for rollout in rollouts:
+            check, failed = run_checker(self.feedback_checker, rollout.state.get("row"), rollout.turns("solver")[0].text)
+            rollout.state["checker"] = {"text": check.text, "failed": failed, "checked": check.claims_checked,
+                                        "wrong": check.claims_wrong}
 
     def _run_turn1_programs(self, rollouts: list[Rollout], turn_index: int) -> None:
         """Before the feedback turn: run the turn-1 programs of code tasks (in parallel, sandboxed)."""
@@ -141,6 +166,9 @@ class RefineEpisode:
         if self.feedback_source == "model" and turn_index == 1:
             feedback = rollout.state["model_feedback"]
             spec = replace(spec, message=f"{feedback}\n\n{self.refine_prompt}", message_text=feedback)
+        if self.feedback_source == "checker" and turn_index == 1:
+            feedback = rollout.state["checker"]["text"]
+            return replace(spec, message=f"{feedback}\n\n{self.refine_prompt}", message_text=feedback)
         result = rollout.state.get("execution")
         if turn_index != 1 or result is None:
             return spec
@@ -153,7 +181,13 @@ class RefineEpisode:
 
     def metrics(self, rollouts: list[Rollout]) -> dict[str, list[float]]:
         """Per-turn values whose mean over all processes is logged."""
-        return {"feedback/mean_tokens": [seg.num_tokens for r in rollouts for seg in r.turns("feedback")]}
+        out = {"feedback/mean_tokens": [seg.num_tokens for r in rollouts for seg in r.turns("feedback")]}
+        checks = [r.state["checker"] for r in rollouts if "checker" in r.state]
+        if checks:
+            out["feedback_checker/errors"] = [float(c["failed"]) for c in checks]
+            out["feedback_checker/claims_checked"] = [c["checked"] for c in checks if c["checked"] is not None]
+            out["feedback_checker/claims_wrong"] = [c["wrong"] for c in checks if c["wrong"] is not None]
+        return out
 
     def scored_turns(self, rollout: Rollout) -> dict[str, Segment]:
         """The turns whose text the reward functions score: the first and the final answer."""
@@ -183,16 +217,13 @@ class RefineEpisode:
         }
 
 
-def execution_report(result) -> str:
-    """What the feedback turn is shown about the turn-1 program's run on the visible tests."""
-    if result.reason == "passed":
-        return f"Running the program above on the task's visible tests: all {result.total} passed."
-    if result.reason == "no_code":
-        return "Running the program above on the task's visible tests: no program was found in the answer."
-    return (
-        f"Running the program above on the task's visible tests: {result.passed} of {result.total} passed "
-        f"({result.reason.replace('_', ' ')}).\n{result.feedback}"
-    )
+def _feedback_checker(args):
+    """feedback_source=checker: the checker function, resolved (and checked) when the episode is built."""
+    if args.feedback_source != "checker":
+        return None
+    from ..feedback.checkers import resolve_checker
+
+    return resolve_checker(args.feedback_checker)
 
 
 def _feedback_model(args):

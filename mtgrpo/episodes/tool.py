@@ -67,21 +67,42 @@ class ToolEpisode:
     turn_advantage_coef: float = 1.0
     native: bool = field(default=False, init=False)  # resolved by bind(): the protocol actually in use
 
+    call_prefix: str = ""  # tool_call_prefix: written for the policy at the start of its first turn
+    call_prefix_rate: float = 1.0  # share of episodes that get it, spread evenly over the batch
+    call_prefix_trained: bool = False  # its tokens trained with the turn's credit (guided rollouts)
+
     @classmethod
     def from_config(cls, args) -> ToolEpisode:
         from ..tasks.search import build_wiki_search
+        from ..tasks.toolbox import resolve_tools
 
-        search = build_wiki_search(
-            args.search_backend, args.search_corpus, args.search_top_k, args.search_max_chars
-        )
+        def wiki_search():
+            return build_wiki_search(args.search_backend, args.search_corpus, args.search_top_k, args.search_max_chars)
+
         return cls(
-            tools={search.__name__: search},
+            tools=resolve_tools(args.tools if args.tools is not None else ["wiki_search"], wiki_search),
             max_tool_calls=args.max_tool_calls,
             tool_timeout=args.tool_timeout,
             protocol=args.tool_protocol,
             advantage_mode=args.advantage_mode,
             turn_advantage_coef=args.turn_advantage_coef,
+            call_prefix=args.tool_call_prefix,
+            call_prefix_rate=args.tool_call_prefix_rate,
+            call_prefix_trained=args.tool_call_prefix_trained,
         )
+
+    @property
+    def shared_first_context(self) -> bool:
+        """Copies of a prompt start from the same context unless only some of them get the prefix."""
+        return not (self.call_prefix and 0.0 < self.call_prefix_rate < 1.0)
+
+    def prepare_turn(self, rollouts: list[Rollout], turn_index: int) -> None:
+        if turn_index == 0:
+            # An even spread: episode i gets the prefix when floor((i + 1) * rate) > floor(i * rate), so each group of
+            # consecutive copies holds its share (rate 0.5: every other episode).
+            rate = self.call_prefix_rate if self.call_prefix else 0.0
+            for i, rollout in enumerate(rollouts):
+                _state(rollout)["prefix"] = self.call_prefix if int((i + 1) * rate) > int(i * rate) else ""
 
     def __post_init__(self):
         if self.protocol not in ("text", "native", "auto"):
@@ -114,9 +135,13 @@ class ToolEpisode:
 
     def next_turn(self, rollout: Rollout, turn_index: int) -> TurnSpec | None:
         if turn_index == 0:
-            _state(rollout)
-            return TurnSpec(role="solver", credit="no_tool")  # becomes pre_tool if this turn calls a tool
+            prefix = _state(rollout).setdefault("prefix", "")  # set by prepare_turn
+            # becomes pre_tool if this turn calls a tool
+            return TurnSpec(
+                role="solver", credit="no_tool", response_prefix=prefix or None, prefix_trained=self.call_prefix_trained
+            )
         pending = _state(rollout).pop("pending")  # after_turn ends the episode when there is none
+        _state(rollout)["prefix"] = ""
         return TurnSpec(
             role="solver",
             credit="post_tool",
@@ -131,7 +156,12 @@ class ToolEpisode:
         # At the cap a call will not run, so the turn is kept whole: cutting it at `</tool>` would delete an answer
         # written after the call and the end-of-turn token, and make a finished episode look truncated to TRL.
         at_cap = state["tool_turns"] >= self.max_tool_calls
-        calls = None if at_cap else self._native_calls(rollout, segment) if self.native else self._text_calls(segment)
+        prefix = state.get("prefix", "")
+        calls = (
+            None if at_cap
+            else self._native_calls(rollout, segment) if self.native
+            else self._text_calls(segment, prefix)
+        )
         if not calls:
             rollout.done = True
             if not rollout.completion_ids():
@@ -151,21 +181,26 @@ class ToolEpisode:
                 state["tool_errors"][result.error] += 1
         if segment.credit == "no_tool":
             segment.credit = "pre_tool"
+            before = rollout.segments[-2] if len(rollout.segments) > 1 else None
+            if before is not None and before.role == "prefix" and before.trained:
+                before.credit = "pre_tool"  # a trained prefix belongs to its turn
         state["pending"] = self._pending(results)
 
-    def _text_calls(self, segment: Segment) -> list | None:
-        """The turn's `<tool>` call as [(name, args) or an error result], or None; cuts the turn after `</tool>`."""
-        call = _TOOL_CALL.search(segment.text)
+    def _text_calls(self, segment: Segment, prefix: str = "") -> list | None:
+        """The turn's `<tool>` call as [(name, args) or an error result], or None; cuts the turn after `</tool>`.
+        `prefix` is what the episode wrote for the policy before its text (tool_call_prefix): the call may start there."""
+        text = prefix + segment.text
+        call = _TOOL_CALL.search(text)
         if call is None:
             return None
-        answer = _ANSWER.search(segment.text)
+        answer = _ANSWER.search(text)
         if answer is not None and answer.start() < call.start():
             return None  # answered first: whatever follows the answer is not acted on
-        self._cut_after_call(segment)
+        self._cut_after_call(segment, prefix)
         parsed = parse_json_call(call.group(1).strip())
         return [parsed]
 
-    def _cut_after_call(self, segment: Segment) -> None:
+    def _cut_after_call(self, segment: Segment, prefix: str = "") -> None:
         """Keep the shortest token prefix whose text holds the first complete `<tool>...</tool>` (and an EOS the
         policy sampled right after it): what the model wrote after the call would be an invented result."""
         tokenizer, ids = self._chat.tokenizer, segment.ids
@@ -176,7 +211,7 @@ class ToolEpisode:
         low, high = 1, len(ids)
         while low < high:  # binary search: a prefix that holds the call stays holding it as it grows
             mid = (low + high) // 2
-            if _TOOL_CALL.search(decode(mid)):
+            if _TOOL_CALL.search(prefix + decode(mid)):
                 high = mid
             else:
                 low = mid + 1
@@ -248,6 +283,9 @@ class ToolEpisode:
         states = [_state(r) for r in rollouts]
         per_call = [float(i < s["tool_successes"]) for s in states for i in range(s["tool_calls"])]
         out = {"tools/calls_per_episode": [s["tool_calls"] for s in states], "tools/success_rate": per_call}
+        if self.call_prefix:
+            # Did the policy open a call by itself? (episodes that did not get tool_call_prefix)
+            out["tools/calls_without_prefix"] = [float(s["tool_calls"] > 0) for s in states if not s.get("prefix")]
         out.update({f"tools/errors/{kind}": [s["tool_errors"][kind] for s in states] for kind in ERROR_KINDS})
         return out
 

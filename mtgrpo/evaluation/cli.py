@@ -161,7 +161,7 @@ def run_eval(argv: list[str]) -> EvalReport:
             f"Split {script_args.dataset_test_split!r} of {script_args.dataset_name!r} is empty."
         )
     use_trained_feedback_model(training_args, model_args.model_name_or_path, greedy=not args.num_samples)
-    episode = build_episode(training_args)
+    episode = build_episode(training_args, for_evaluation=True)
     model_path = _check_model(model_args.model_name_or_path)
     output_dir = (
         Path(args.output_dir) if args.output_dir else default_output_dir(model_args.model_name_or_path)

@@ -334,3 +334,15 @@ def _prose_examples(docstring: str, entry_point: str) -> list[tuple[str, str]]:
             examples.append((left.strip(), want))
             break
     return examples
+
+
+def execution_report(result) -> str:
+    """What the feedback turn is shown about the turn-1 program's run on the visible tests."""
+    if result.reason == "passed":
+        return f"Running the program above on the task's visible tests: all {result.total} passed."
+    if result.reason == "no_code":
+        return "Running the program above on the task's visible tests: no program was found in the answer."
+    return (
+        f"Running the program above on the task's visible tests: {result.passed} of {result.total} passed "
+        f"({result.reason.replace('_', ' ')}).\n{result.feedback}"
+    )

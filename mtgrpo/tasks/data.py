@@ -25,6 +25,8 @@ from .code import CODE_SCHEMAS, load_code_dataset
 logger = logging.getLogger(__name__)
 
 ARITHMETIC = "arithmetic"
+# Two-digit products ("What is 47 * 83?"): the bundled model mostly fails them alone, a calculator solves them.
+MULTIPLICATION = "multiplication"
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _ARITHMETIC_SIZES = {"train": 2000, "test": 100}
 # Operands 0..20: the bundled 135M model solves about half of single-digit sums, so this range keeps
@@ -124,8 +126,8 @@ def load_task_dataset(
             limit=min(caps) if caps else None,
             load_raw=_load_raw,
         )
-    if dataset_name == ARITHMETIC:
-        raw = _arithmetic(split, seed, num_examples)
+    if dataset_name in (ARITHMETIC, MULTIPLICATION):
+        raw = _arithmetic(split, seed, num_examples, products=dataset_name == MULTIPLICATION)
     else:
         raw = _load_raw(dataset_name, split, dataset_config)
         # For a fixed dataset the size fields of a recipe only cap it, so an override of dataset_name keeps working.
@@ -218,13 +220,19 @@ def _is_test_problem(problem: str) -> bool:
     return int(hashlib.sha256(problem.encode()).hexdigest(), 16) % _ARITHMETIC_TEST_SHARE == 0
 
 
-def _arithmetic(split: str, seed: int, num_examples: int | None) -> datasets.Dataset:
-    """Two-term sums and non-negative differences such as "What is 7 + 5?"."""
+def _arithmetic(split: str, seed: int, num_examples: int | None, products: bool = False) -> datasets.Dataset:
+    """Two-term sums and non-negative differences such as "What is 7 + 5?", or (`products`) two-digit products
+    such as "What is 47 * 83?"."""
+    name = MULTIPLICATION if products else ARITHMETIC
     if split not in _ARITHMETIC_SIZES:
-        raise ValueError(f"The arithmetic dataset has splits {', '.join(_ARITHMETIC_SIZES)}, not {split!r}.")
-    operands = range(_ARITHMETIC_MAX_OPERAND + 1)
-    problems = [(f"What is {a} + {b}?", a + b) for a in operands for b in operands]
-    problems += [(f"What is {a} - {b}?", a - b) for a in operands for b in operands if a >= b]
+        raise ValueError(f"The {name} dataset has splits {', '.join(_ARITHMETIC_SIZES)}, not {split!r}.")
+    if products:
+        factors = range(11, 100)
+        problems = [(f"What is {a} * {b}?", a * b) for a in factors for b in factors if a % 10 and b % 10]
+    else:
+        operands = range(_ARITHMETIC_MAX_OPERAND + 1)
+        problems = [(f"What is {a} + {b}?", a + b) for a in operands for b in operands]
+        problems += [(f"What is {a} - {b}?", a - b) for a in operands for b in operands if a >= b]
     pool = [p for p in problems if _is_test_problem(p[0]) == (split == "test")]
     random.Random(seed).shuffle(pool)
     size = _ARITHMETIC_SIZES[split] if num_examples is None else num_examples

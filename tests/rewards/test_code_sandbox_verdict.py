@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from mtgrpo.data import load_task_dataset
+
 from mtgrpo.registry import _load_rewards_package
 
 rewards = _load_rewards_package()
