@@ -53,8 +53,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlparse
 
-
-
 # ---- the wire format of one tensor over the TCP "group" --------------------------------------------------------------
 
 
@@ -418,9 +416,9 @@ def serve(engine: Engine, port_file: str, record: str) -> None:
         prompts = [p if isinstance(p, list) else engine.tokenizer(p)["input_ids"] for p in prompts]
         n = body.get("n", 1)
         with engine.lock:
-            outputs = [[engine.sample(p, body, j) for j in range(n)] for p in prompts]
-        if engine.sabotage == "swap" and len(prompts) > 1:
-            outputs = outputs[1:] + outputs[:1]
+            generated = [[engine.sample(p, body, j) for j in range(n)] for p in prompts]
+        # The record keeps what was generated for each prompt; the sabotage hands it to the next prompt.
+        outputs = generated[1:] + generated[:1] if engine.sabotage == "swap" else generated
         choices = []
         for k, (prompt, samples) in enumerate(zip(prompts, outputs, strict=True)):
             for j, s in enumerate(samples):
@@ -436,7 +434,7 @@ def serve(engine: Engine, port_file: str, record: str) -> None:
                     choice["token_ids"], choice["prompt_token_ids"] = s["token_ids"], prompt
                 choices.append(choice)
         answered = [{"prompt": p, "completions": [s["token_ids"] for s in ss], "logprobs": [s["logprobs"] for s in ss]}
-                    for p, ss in zip(prompts, outputs, strict=True)]
+                    for p, ss in zip(prompts, generated, strict=True)]
         return 200, {"object": "text_completion", "model": engine.served_name, "choices": choices}, {"answered": answered}
 
     def chat(body: dict):
