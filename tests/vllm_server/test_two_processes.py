@@ -112,6 +112,6 @@ def test_two_processes_send_equal_calls_and_every_answer_returns_to_its_context(
     requests = server.requests("/v1/completions")
     assert len(requests) == len(calls[0])
     for request, (count, n) in zip(requests, calls[0], strict=True):
-        assert len(request["body"]["prompt"]) * request["body"]["n"] == 2 * count
+        assert request["body"]["n"] == n and len(request["body"]["prompt"]) * n == 2 * count
     updates = server.requests("/update_weights")
     assert len(updates) == 2 and all(u["status"] == 200 for u in updates)
