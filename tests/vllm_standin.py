@@ -62,7 +62,9 @@ def _send_tensor(sock: socket.socket, name: str, tensor) -> None:
     data = tensor.detach().contiguous().cpu()
     dtype = str(data.dtype).removeprefix("torch.")
     raw = data.view(torch.uint8).numpy().tobytes() if data.numel() else b""
-    header = json.dumps({"name": name, "dtype": dtype, "shape": list(data.shape), "nbytes": len(raw)}).encode()
+    header = json.dumps(
+        {"name": name, "dtype": dtype, "shape": list(data.shape), "nbytes": len(raw)}
+    ).encode()
     sock.sendall(struct.pack("!I", len(header)) + header + raw)
 
 
@@ -84,8 +86,10 @@ def _recv_tensor(sock: socket.socket):
     header = json.loads(_recv_exact(sock, size))
     raw = bytearray(_recv_exact(sock, header["nbytes"]))
     dtype = getattr(torch, header["dtype"])
-    tensor = torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(header["shape"]) if raw else torch.empty(
-        header["shape"], dtype=dtype
+    tensor = (
+        torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(header["shape"])
+        if raw
+        else torch.empty(header["shape"], dtype=dtype)
     )
     return header, tensor
 
@@ -156,13 +160,21 @@ def install_tcp_weight_transfer(monkeypatch=None) -> None:
 
     put(client, "is_vllm_available", available)
     put(generation, "is_vllm_available", available)
-    put(client, "_HAS_STATEFUL_TRAINER_ENGINE", False)  # the static NCCLWeightTransferEngine API, stubbed below
+    put(
+        client, "_HAS_STATEFUL_TRAINER_ENGINE", False
+    )  # the static NCCLWeightTransferEngine API, stubbed below
     put(client, "NCCLWeightTransferEngine", TcpWeightTransfer)
     put(client, "NCCLTrainerSendWeightsArgs", TcpSendWeightsArgs)
     put(client.VLLMClient, "init_communicator", _tcp_init_communicator)
 
 
 # ---- the server -------------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def fingerprint(ids) -> str:
@@ -291,7 +303,11 @@ class Engine:
         if len(ids) > max_tokens:
             ids, finish = ids[:max_tokens], "length"
         with self.torch.no_grad():
-            logits = self.model(input_ids=self.torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : -1].float()
+            logits = (
+                self.model(input_ids=self.torch.tensor([prompt + ids]))
+                .logits[0, len(prompt) - 1 : -1]
+                .float()
+            )
         logps = [float(self._process(row, params)[0][tok]) for row, tok in zip(logits, ids, strict=True)]
         return {"token_ids": ids, "logprobs": logps, "finish_reason": finish}
 
@@ -320,7 +336,9 @@ class Engine:
             received.append((name, tensor))
         unknown = [n for n, _ in received if n not in self.accepted]
         if unknown:
-            return {"error": f"the model has no parameter named {unknown[0]!r} ({len(unknown)} unknown names)"}
+            return {
+                "error": f"the model has no parameter named {unknown[0]!r} ({len(unknown)} unknown names)"
+            }
         state = self.model.state_dict()
         sums = {}
         for name, tensor in received:
@@ -375,7 +393,9 @@ def serve(engine: Engine, port_file: str, record: str) -> None:
             if path == "/health":
                 return self._send(200, {})
             if path == "/v1/models":
-                return self._send(200, {"object": "list", "data": [{"id": engine.served_name, "object": "model"}]})
+                return self._send(
+                    200, {"object": "list", "data": [{"id": engine.served_name, "object": "model"}]}
+                )
             if path == "/get_world_size":
                 return self._send(200, {"world_size": 1})
             if path == "/server_info":
@@ -433,9 +453,19 @@ def serve(engine: Engine, port_file: str, record: str) -> None:
                 if body.get("return_token_ids"):
                     choice["token_ids"], choice["prompt_token_ids"] = s["token_ids"], prompt
                 choices.append(choice)
-        answered = [{"prompt": p, "completions": [s["token_ids"] for s in ss], "logprobs": [s["logprobs"] for s in ss]}
-                    for p, ss in zip(prompts, generated, strict=True)]
-        return 200, {"object": "text_completion", "model": engine.served_name, "choices": choices}, {"answered": answered}
+        answered = [
+            {
+                "prompt": p,
+                "completions": [s["token_ids"] for s in ss],
+                "logprobs": [s["logprobs"] for s in ss],
+            }
+            for p, ss in zip(prompts, generated, strict=True)
+        ]
+        return (
+            200,
+            {"object": "text_completion", "model": engine.served_name, "choices": choices},
+            {"answered": answered},
+        )
 
     def chat(body: dict):
         refused = check_model(body)
@@ -472,8 +502,11 @@ def serve(engine: Engine, port_file: str, record: str) -> None:
         payload = {"object": "chat.completion", "model": engine.served_name, "choices": choices}
         if body.get("return_token_ids"):
             payload["prompt_token_ids"] = prompt
-        answered = {"prompt": prompt, "completions": [s["token_ids"] for s in samples],
-                    "texts": [c["message"]["content"] for c in choices]}
+        answered = {
+            "prompt": prompt,
+            "completions": [s["token_ids"] for s in samples],
+            "texts": [c["message"]["content"] for c in choices],
+        }
         return 200, payload, {"answered": answered}
 
     def init_engine(body: dict):
@@ -520,18 +553,30 @@ class StandIn:
         self.record.write_text("")
         port_file = workdir / f"{name}.port"
         port_file.unlink(missing_ok=True)
-        cmd = [sys.executable, __file__, "--model", str(model_dir), "--port-file", str(port_file),
-               "--record", str(self.record)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--model",
+            str(model_dir),
+            "--port-file",
+            str(port_file),
+            "--record",
+            str(self.record),
+        ]
         if served_model_name:
             cmd += ["--served-model-name", served_model_name]
         if script:
             cmd += ["--script", json.dumps(script)]
         self.log = open(workdir / f"{name}.log", "w")  # noqa: SIM115 — closed in stop()
-        self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self.process = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         deadline = time.time() + 120
         while not port_file.exists():
             if self.process.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"stand-in {name} did not start: {(workdir / f'{name}.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"stand-in {name} did not start: {(workdir / f'{name}.log').read_text()[-2000:]}"
+                )
             time.sleep(0.1)
         self.port = int(port_file.read_text())
         self.url = f"http://127.0.0.1:{self.port}"
@@ -558,8 +603,12 @@ def main(argv=None) -> None:
     parser.add_argument("--script", default=None, help='JSON: {"header", "turns", "continue", "final"}')
     args = parser.parse_args(argv)
     sabotage = os.environ.get("VLLM_STANDIN_SABOTAGE", "")
-    engine = Engine(args.model, args.served_model_name or args.model, json.loads(args.script) if args.script else None,
-                    sabotage)
+    engine = Engine(
+        args.model,
+        args.served_model_name or args.model,
+        json.loads(args.script) if args.script else None,
+        sabotage,
+    )
     serve(engine, args.port_file, args.record)
 
 

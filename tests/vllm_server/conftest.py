@@ -2,16 +2,8 @@
 whose EOS is not its chat template's end-of-turn token (like Qwen2.5's base models: EOS `<|endoftext|>`, turns
 closed by `<|im_end|>`) and which writes `<|im_end|>` often, so stopping at it is visible within a few tokens."""
 
-import socket
-
 import pytest
 from vllm_standin import StandIn, install_tcp_weight_transfer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -35,7 +27,9 @@ def standins(tmp_path):
         server.stop()
 
 
-END_OF_TURN_BIAS = 3.0  # measured: 4 completions in 5 write it within 12 tokens is <|im_end|> at temperature 1
+END_OF_TURN_BIAS = (
+    3.0  # measured: 4 completions in 5 write it within 12 tokens is <|im_end|> at temperature 1
+)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset
 from scripted import TINY_RUN
 from transformers import TrainerCallback
-from vllm_standin import StandIn, install_tcp_weight_transfer
+from vllm_standin import StandIn, free_port, install_tcp_weight_transfer
 
 from mtgrpo import MTGRPOConfig, MultiTurnGRPOTrainer
 
@@ -34,13 +34,14 @@ def letter_e_reward(completions, **kwargs):
 
 def _dataset():
     return Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "answer": str(2 * i)} for i in range(8)]
+        [
+            {"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "answer": str(2 * i)}
+            for i in range(8)
+        ]
     )
 
 
 def _config(tmp, rollout, **fields):
-    from conftest import free_port
-
     return MTGRPOConfig(
         **{
             **TINY_RUN,
@@ -119,9 +120,12 @@ def test_frozen_feedback_server_gets_one_chat_request_per_episode_under_its_serv
     replies = {r["body"]["messages"][1]["content"]: r["answered"]["texts"][0] for r in posts}
     for rollout in rollouts:
         attempt = rollout.turns("solver")[0].text
-        assert [m["role"] for m in next(r["body"]["messages"] for r in posts
-                                         if r["body"]["messages"][1]["content"] == attempt)] == [
-            "user", "assistant", "user"]
+        assert [
+            m["role"]
+            for m in next(
+                r["body"]["messages"] for r in posts if r["body"]["messages"][1]["content"] == attempt
+            )
+        ] == ["user", "assistant", "user"]
         assert rollout.turns("feedback")[0].text == replies[attempt].strip()  # the client strips replies
     # The solver's server got the solver's turns and weights; the feedback model's stayed out of it.
     assert len(frozen_run["rollout"].requests("/v1/completions")) == 2  # solve, refine
@@ -135,10 +139,15 @@ def test_frozen_feedback_replies_stop_at_the_feedback_end_of_turn(eot_model_dir,
     from mtgrpo.feedback.model import FeedbackServerError, ServerFeedbackModel
 
     server = standins(eot_model_dir, name="feedback", served_model_name="tiny-feedback")
-    client = ServerFeedbackModel(f"{server.url}/v1", "tiny-feedback", max_new_tokens=8, temperature=1.0, retries=0)
+    client = ServerFeedbackModel(
+        f"{server.url}/v1", "tiny-feedback", max_new_tokens=8, temperature=1.0, retries=0
+    )
     conversations = [
-        [{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": f"{2 * i}"},
-         {"role": "user", "content": "Point out any mistake."}]
+        [
+            {"role": "user", "content": f"What is {i} + {i}?"},
+            {"role": "assistant", "content": f"{2 * i}"},
+            {"role": "user", "content": "Point out any mistake."},
+        ]
         for i in range(4)
     ]
     try:
@@ -181,8 +190,6 @@ class SolverWeightsAfterEachStep(TrainerCallback):
 
 def _trained_run(tmp, servers, rollout_dir, feedback_dir, peft_config=None, **fields):
     """Train with both servers; `servers` collects them as they start (the caller stops them)."""
-    from conftest import free_port
-
     rollout = StandIn(rollout_dir, tmp / "servers", name="rollout")
     servers.append(rollout)
     feedback = StandIn(feedback_dir, tmp / "servers", name="feedback")
@@ -199,7 +206,10 @@ def _trained_run(tmp, servers, rollout_dir, feedback_dir, peft_config=None, **fi
         feedback_learning_rate=1e-2,
     )
     trainer = MultiTurnGRPOTrainer(
-        model=str(rollout_dir), reward_funcs=[letter_e_reward], args=args, train_dataset=_dataset(),
+        model=str(rollout_dir),
+        reward_funcs=[letter_e_reward],
+        args=args,
+        train_dataset=_dataset(),
         peft_config=peft_config,
     )
     solver = SolverWeightsAfterEachStep(trainer.model)
@@ -233,7 +243,9 @@ def test_trained_feedback_model_samples_and_pushes_its_own_weights_to_its_server
 ):
     servers = []
     try:
-        trainer, rollout, feedback, solver_sums = _trained_run(tmp_path, servers, tiny_model_dir, tiny_feedback_model_dir)
+        trainer, rollout, feedback, solver_sums = _trained_run(
+            tmp_path, servers, tiny_model_dir, tiny_feedback_model_dir
+        )
         policy = trainer.feedback_policy
         routes = [r["route"] for r in feedback.requests() if r.get("method") != "GET"]
         push = ["/start_weight_update", "/update_weights", "/finish_weight_update", "/reset_prefix_cache"]
@@ -249,7 +261,10 @@ def test_trained_feedback_model_samples_and_pushes_its_own_weights_to_its_server
         # The rollout server got the solver's weights, never the feedback model's.
         for update in rollout.requests("/update_weights"):
             assert set(update["names"]) == solver_names
-        assert all(_close(rollout.requests("/update_weights")[-1]["sums"][n], solver_sums[0][n]) for n in solver_names)
+        assert all(
+            _close(rollout.requests("/update_weights")[-1]["sums"][n], solver_sums[0][n])
+            for n in solver_names
+        )
         # After the last push the server scores like the trainer's feedback model.
         assert _server_matches_trainer_logprobs(feedback, policy.model, policy.backend.tokenizer) < 1e-3
     finally:
@@ -261,7 +276,9 @@ def test_trained_feedback_model_samples_and_pushes_its_own_weights_to_its_server
 def test_trained_feedback_requests_carry_the_feedback_end_of_turn(tmp_path, eot_model_dir, tcp_weights):
     servers = []
     try:
-        trainer, rollout, feedback, _ = _trained_run(tmp_path, servers, eot_model_dir, eot_model_dir, max_steps=1)
+        trainer, rollout, feedback, _ = _trained_run(
+            tmp_path, servers, eot_model_dir, eot_model_dir, max_steps=1
+        )
         for request in feedback.requests("/v1/completions"):
             assert END_OF_TURN in (request["body"].get("stop_token_ids") or []), request["body"]
     finally:
@@ -274,11 +291,18 @@ def test_feedback_lora_pushes_each_merged_adapter_to_its_own_server(tmp_path, ti
 
     from mtgrpo.feedback.weights import FEEDBACK_ADAPTER
 
-    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+    )
     servers = []
     try:
         trainer, rollout, feedback, solver_sums = _trained_run(
-            tmp_path, servers, tiny_model_dir, tiny_model_dir, peft_config=lora, feedback_lora=True,
+            tmp_path,
+            servers,
+            tiny_model_dir,
+            tiny_model_dir,
+            peft_config=lora,
+            feedback_lora=True,
             feedback_device="auto",
         )
         policy = trainer.feedback_policy
@@ -286,10 +310,15 @@ def test_feedback_lora_pushes_each_merged_adapter_to_its_own_server(tmp_path, ti
         base_names = {n.replace(".base_layer", "") for n in base_names}
         with policy.weights.vllm_named_params() as named:
             feedback_now = _sums(named)
-        rollout_pushes, feedback_pushes = rollout.requests("/update_weights"), feedback.requests("/update_weights")
+        rollout_pushes, feedback_pushes = (
+            rollout.requests("/update_weights"),
+            feedback.requests("/update_weights"),
+        )
         assert len(rollout_pushes) == 2 and len(feedback_pushes) == 2
         for update in rollout_pushes + feedback_pushes:
-            assert update["status"] == 200 and set(update["names"]) == base_names  # base names, no adapter names
+            assert (
+                update["status"] == 200 and set(update["names"]) == base_names
+            )  # base names, no adapter names
         # Feedback server: base + feedback adapter (after its last update); rollout server: base + solver adapter
         # (after step 1, the weights step 2 generated with).
         assert all(_close(feedback_pushes[-1]["sums"][n], feedback_now[n]) for n in base_names)
@@ -297,7 +326,10 @@ def test_feedback_lora_pushes_each_merged_adapter_to_its_own_server(tmp_path, ti
         adapted = [n for n in base_names if "q_proj" in n or "v_proj" in n]
         assert all(not _close(feedback_pushes[-1]["sums"][n], rollout_pushes[-1]["sums"][n]) for n in adapted)
         assert trainer.model.active_adapter != FEEDBACK_ADAPTER
-        assert _server_matches_trainer_logprobs(feedback, _FeedbackView(trainer.model), policy.backend.tokenizer) < 1e-3
+        assert (
+            _server_matches_trainer_logprobs(feedback, _FeedbackView(trainer.model), policy.backend.tokenizer)
+            < 1e-3
+        )
     finally:
         for server in servers:
             server.stop()

@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from scripted import TINY_RUN
 from transformers import TrainerCallback
-from vllm_standin import StandIn, install_tcp_weight_transfer
+from vllm_standin import StandIn, free_port, install_tcp_weight_transfer
 
 from mtgrpo import MTGRPOConfig, MultiTurnGRPOTrainer
 
@@ -39,8 +39,6 @@ class WeightsAfterEachStep(TrainerCallback):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, eot_model_dir):
-    from conftest import free_port
-
     tmp = tmp_path_factory.mktemp("rollout-run")
     with pytest.MonkeyPatch.context() as mp:
         install_tcp_weight_transfer(mp)
@@ -57,7 +55,10 @@ def run(tmp_path_factory, eot_model_dir):
                 episode_log_steps=1,
             )
             dataset = Dataset.from_list(
-                [{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "answer": str(2 * i)} for i in range(8)]
+                [
+                    {"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "answer": str(2 * i)}
+                    for i in range(8)
+                ]
             )
             trainer = MultiTurnGRPOTrainer(
                 model=str(eot_model_dir), reward_funcs=[letter_e_reward], args=args, train_dataset=dataset
@@ -89,7 +90,9 @@ def test_end_of_turn_id_is_in_every_generation_request(run):
 
 def test_turns_stop_at_the_end_of_turn_token(run):
     """The model writes <|im_end|> often: a completion holding it must end on it (the server stopped there)."""
-    completions = [c for r in run["server"].requests("/v1/completions") for a in r["answered"] for c in a["completions"]]
+    completions = [
+        c for r in run["server"].requests("/v1/completions") for a in r["answered"] for c in a["completions"]
+    ]
     stopped = [c for c in completions if END_OF_TURN in c]
     assert len(stopped) >= len(completions) // 4, "the fixture model should write <|im_end|> often"
     for ids in stopped:
@@ -150,7 +153,6 @@ def test_trainer_and_server_logprobs_agree_after_the_push(run):
 
 def test_a_name_the_server_does_not_have_is_refused(run, eot_model_dir, tmp_path, monkeypatch):
     """The stand-in refuses unknown names as vLLM's loader does, so the name check above can fail."""
-    from conftest import free_port
     from trl.generation.vllm_client import VLLMClient
 
     install_tcp_weight_transfer(monkeypatch)

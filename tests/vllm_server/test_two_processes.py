@@ -15,8 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import free_port
-from vllm_standin import fingerprint
+from vllm_standin import fingerprint, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSISTANT = "<|im_start|>assistant"
@@ -73,25 +72,51 @@ def test_two_processes_send_equal_calls_and_every_answer_returns_to_its_context(
     recipe = _recipe(tmp_path, tiny_model_dir, server.url, fields)
     traces = tmp_path / "traces"
     traces.mkdir()
-    env = {**os.environ, "STANDIN_TRACE_DIR": str(traces), "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    env = {
+        **os.environ,
+        "STANDIN_TRACE_DIR": str(traces),
+        "HF_HUB_OFFLINE": "1",
+        "TRL_EXPERIMENTAL_SILENCE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "true",
+    }
     cmd = [
         # torchrun's launcher (--multi_gpu) with ACCELERATE_USE_CPU: two CPU processes on gloo (`--cpu` alone starts one).
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        str(ROOT / "tests/vllm_server/train_with_standin.py"), "--config", str(recipe),
-        "--output_dir", str(tmp_path / "out"),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(ROOT / "tests/vllm_server/train_with_standin.py"),
+        "--config",
+        str(recipe),
+        "--output_dir",
+        str(tmp_path / "out"),
     ]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
 
-    ranks = [[json.loads(line) for line in (traces / f"rank{k}.jsonl").read_text().splitlines()] for k in range(2)]
+    ranks = [
+        [json.loads(line) for line in (traces / f"rank{k}.jsonl").read_text().splitlines()] for k in range(2)
+    ]
     calls = [[(e["call"], e["n"]) for e in rank if "call" in e] for rank in ranks]
     batches = [[e["rollouts"] for e in rank if "rollouts" in e] for rank in ranks]
     # Both processes made the same calls with the same number of contexts.
     assert calls[0] == calls[1], calls
     # ... although their episodes ended at different turns: at some turn one process had more unfinished episodes.
-    lengths = [[[sum(s["role"] == "solver" for s in r["segments"]) for r in batch] for batch in b] for b in batches]
+    lengths = [
+        [[sum(s["role"] == "solver" for s in r["segments"]) for r in batch] for batch in b] for b in batches
+    ]
     uneven = any(
         sum(x > t for x in lengths[0][step]) != sum(x > t for x in lengths[1][step])
         for step in range(2)

@@ -34,9 +34,18 @@ def trace(directory: str) -> None:
 
     def traced_rollout(self, prompts, trainer=None):
         out = rollout(self, prompts, trainer)
-        segments = [[{"role": s.role, "ids": s.ids, "text": s.text} for s in r.segments] for r in self._rollouts]
-        write(self, {"rollouts": [{"prompt_ids": r.prompt_ids, "segments": s}
-                                  for r, s in zip(self._rollouts, segments, strict=True)]})
+        segments = [
+            [{"role": s.role, "ids": s.ids, "text": s.text} for s in r.segments] for r in self._rollouts
+        ]
+        write(
+            self,
+            {
+                "rollouts": [
+                    {"prompt_ids": r.prompt_ids, "segments": s}
+                    for r, s in zip(self._rollouts, segments, strict=True)
+                ]
+            },
+        )
         return out
 
     MultiTurnGRPOTrainer._generate_turn = traced_generate_turn
