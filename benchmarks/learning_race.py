@@ -47,20 +47,40 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes" / "smollm2-135m-instruct"
 REFINE = RECIPES / "arithmetic-refine.yaml"
 RESULT_FILE = "race_result.json"
+ERROR_FILE = "race_error.txt"
 
-# name -> (recipe, CLI overrides, plain TRL trainer?, what it is)
+# name -> (recipe, CLI overrides, trainer: "trl" (TRL's GRPOTrainer), "trl-tools" (with tools=) or "" (mtgrpo's),
+# what it is)
 VARIANTS = {
-    "plain": (REFINE, [], True, "TRL GRPOTrainer, one turn"),
+    "plain": (REFINE, [], "trl", "TRL GRPOTrainer, one turn"),
     "template": (REFINE, [], False, "refine, template feedback, SCoRe II credit"),
     "self": (
         REFINE,
         ["--feedback_source", "self", "--train_feedback", "true", "--feedback_reward", "improvement"],
-        False,
+        "",
         "refine, trained self-feedback, improvement reward",
     ),
-    "score": (RECIPES / "arithmetic-score.yaml", [], False, "SCoRe stage I -> II (self_correct)"),
-    "mutis": (RECIPES / "arithmetic-mutis.yaml", [], False, "MuTIS interventions"),
+    "score": (RECIPES / "arithmetic-score.yaml", [], "", "SCoRe stage I -> II (self_correct)"),
+    "mutis": (RECIPES / "arithmetic-mutis.yaml", [], "", "MuTIS interventions"),
+    "checker": (
+        REFINE,
+        ["--feedback_source", "checker", "--feedback_checker", "arithmetic", "--feedback_template", ""],
+        "",
+        "refine, the arithmetic checker writes the feedback",
+    ),
 }
+CALCULATOR = RECIPES / "arithmetic-calculator.yaml"
+ONE_TURN_REWARD = ["--reward_funcs", "math_answer_correct"]  # TRL's trainers have no tool counters to reward
+# The task where tools matter: two-digit products with the calculator (--task calculator).
+CALCULATOR_VARIANTS = {
+    "plain": (CALCULATOR, ONE_TURN_REWARD, "trl", "TRL GRPOTrainer, one turn, no tool"),
+    "trl-tools": (CALCULATOR, ONE_TURN_REWARD, "trl-tools", "TRL GRPOTrainer(tools=[calculator]), its tool loop"),
+    "tool-outcome": (CALCULATOR, ["--advantage_mode", "grpo_or"], "", "mtgrpo tool episode, outcome credit only"),
+    "tool-mtgrpo": (CALCULATOR, [], "", "mtgrpo tool episode, MT-GRPO turn credit"),
+}
+TASKS = {"arithmetic": VARIANTS, "calculator": CALCULATOR_VARIANTS}
+# Per task, the shared values a variant may change (the one-turn trainers cannot compute the tool reward).
+TASK_FREE_FIELDS = {"arithmetic": (), "calculator": ("reward_funcs",)}
 # Recipe values every variant must share, so the race compares protocols and not hyperparameters.
 SHARED_FIELDS = (
     "model_name_or_path", "dataset_name", "dataset_schema", "num_train_examples", "num_test_examples", "reward_funcs",
@@ -72,6 +92,7 @@ TABLE_COLUMNS = (
     ("final acc.", "turns/final/accuracy"), ("Δ", "self_correction/delta"),
     ("Δ^{i→c}", "self_correction/incorrect_to_correct"), ("Δ^{c→i}", "self_correction/correct_to_incorrect"),
 )  # fmt: skip
+TOOL_COLUMNS = (("tool calls / episode", "tools/calls_per_episode"), ("call success", "tools/success_rate"))
 
 
 class UsageError(ValueError):
@@ -81,16 +102,24 @@ class UsageError(ValueError):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-minutes", type=float, default=3.0, help="training wall-clock budget of EVERY run")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
+    parser.add_argument("--task", default="arithmetic", choices=list(TASKS),
+                        help="arithmetic: sums, the self-correction protocols; calculator: products, the tool protocols")
+    parser.add_argument("--variants", default=None, help="comma-separated (default: every variant of the task)")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat every run with N seeds; the table shows mean ± half-range")
     parser.add_argument("--output-dir", default="runs/learning_race")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out problems")
     parser.add_argument("--rerun", action="store_true", help="train again even where a result with this budget exists")
-    parser.add_argument("--run-one", choices=list(VARIANTS), help=argparse.SUPPRESS)  # one run, in a child process
+    parser.add_argument("--run-one", help=argparse.SUPPRESS)  # one run, in a child process
+    parser.add_argument("--seed-index", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in args.variants if v not in VARIANTS]
+    variants = TASKS[args.task]
+    args.variants = [v.strip() for v in (args.variants or ",".join(variants)).split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in variants]
     if unknown or not args.variants:
-        raise UsageError(f"unknown or no variants {unknown}; choose from {list(VARIANTS)} (e.g. --variants plain,score)")
+        raise UsageError(f"unknown or no variants {unknown} for --task {args.task}; choose from {list(variants)} "
+                         "(e.g. --variants plain,score)")
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.budget_minutes <= 0:
         raise UsageError(f"--budget-minutes must be > 0, got {args.budget_minutes}")
     if args.eval_limit is not None and args.eval_limit < 1:
@@ -98,21 +127,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def recipe_args(variant: str, output_dir: Path):
-    """(script_args, training_args, model_args) of a variant: its recipe, its overrides, the race's run settings."""
+def recipe_args(variant: str, output_dir: Path, task: str = "arithmetic", seed_index: int = 0):
+    """(script_args, training_args, model_args) of a variant: its recipe, its overrides, the race's run settings.
+    Seed k > 0 adds k to the recipe's seed (sampling and initial data order; the held-out split never changes)."""
     from mtgrpo.recipe import parse_recipe
 
-    recipe, overrides, _, _ = VARIANTS[variant]
+    recipe, overrides, _, _ = TASKS[task][variant]
+    run_dir = output_dir / variant if seed_index == 0 else output_dir / variant / f"seed-{seed_index}"
     run = [
-        "--output_dir", str(output_dir / variant), "--max_steps", "100000",  # the wall-clock budget stops it
+        "--output_dir", str(run_dir), "--max_steps", "100000",  # the wall-clock budget stops it
         "--save_strategy", "no", "--report_to", "none", "--episode_log_steps", "0",
         "--disable_tqdm", "true",  # a bar over 100000 steps says nothing; the "[race] step k, m/M min" lines do
     ]  # fmt: skip
-    return parse_recipe(["--config", str(recipe), *overrides, *run])
+    parsed = parse_recipe(["--config", str(recipe), *overrides, *run])
+    parsed[1].seed += seed_index
+    return parsed
 
 
-def check_shared_values(parsed: dict[str, tuple]) -> None:
-    """Refuse to race variants whose recipes differ in a value they share (SHARED_FIELDS)."""
+def check_shared_values(parsed: dict[str, tuple], free: tuple[str, ...] = ()) -> None:
+    """Refuse to race variants whose recipes differ in a value they share (SHARED_FIELDS, less `free`)."""
     def value(args, name):
         for part in args:
             if hasattr(part, name):
@@ -121,7 +154,7 @@ def check_shared_values(parsed: dict[str, tuple]) -> None:
 
     first, *rest = parsed
     for variant in rest:
-        differ = [f for f in SHARED_FIELDS if value(parsed[first], f) != value(parsed[variant], f)]
+        differ = [f for f in SHARED_FIELDS if f not in free and value(parsed[first], f) != value(parsed[variant], f)]
         if differ:
             raise UsageError(
                 f"variants {first!r} and {variant!r} differ in shared recipe values {differ}: make the recipes agree"
@@ -147,12 +180,12 @@ def budget_callback(seconds: float, label: str):
     return WallClockBudget()
 
 
-def score_stage_share(variant: str) -> float:
+def score_stage_share(variant: str, task: str = "arithmetic") -> float:
     """The share of its training that the variant's recipe gives SCoRe stage I (score_stage1_steps / max_steps), 0
     for the others. A race run's step count is not known in advance, so the race keeps this share of the TIME."""
     import yaml
 
-    recipe = yaml.safe_load(VARIANTS[variant][0].read_text())
+    recipe = yaml.safe_load(TASKS[task][variant][0].read_text())
     stage1, steps = recipe.get("score_stage1_steps") or 0, recipe.get("max_steps") or 0
     return stage1 / steps if stage1 and steps > 0 else 0.0
 
@@ -201,29 +234,43 @@ def evaluate_model(model, tokenizer, protocol_args, limit, records_path: Path):
     return result.metrics
 
 
-def eval_protocol(variant: str) -> str:
-    """The variant whose protocol evaluates `variant`: plain is evaluated with the template refine protocol."""
-    return "template" if VARIANTS[variant][2] else variant
+EVAL_PROTOCOL = {"arithmetic": "template", "calculator": "tool-mtgrpo"}
 
 
-def train_variant(variant: str, parsed: dict, budget_s: float, limit):
+def eval_protocol(variant: str, task: str = "arithmetic") -> str:
+    """The variant whose protocol evaluates `variant`: TRL's trainers are evaluated with the task's multi-turn
+    protocol (arithmetic: template refine, whose turn-1 accuracy is the one-turn accuracy; calculator: the tool
+    episode with the calculator available and no call prefix)."""
+    return EVAL_PROTOCOL[task] if TASKS[task][variant][2] else variant
+
+
+def train_variant(variant: str, parsed: dict, budget_s: float, limit, task: str = "arithmetic"):
+    import functools
+
     from trl import GRPOTrainer
 
     from mtgrpo.trainer import build_trainer
 
     script_args, training_args, model_args = parsed[variant]
-    trainer_cls = GRPOTrainer if VARIANTS[variant][2] else None
+    kind = TASKS[task][variant][2]
+    trainer_cls = None
+    if kind == "trl":
+        trainer_cls = GRPOTrainer
+    elif kind == "trl-tools":
+        from mtgrpo.tasks.toolbox import resolve_tools
+
+        trainer_cls = functools.partial(GRPOTrainer, tools=list(resolve_tools(training_args.tools).values()))
     trainer = build_trainer(script_args, training_args, model_args, trainer_cls=trainer_cls)
     trainer.add_callback(budget_callback(budget_s, variant))
-    if score_stage_share(variant):
-        trainer.add_callback(stage_switch_callback(trainer, budget_s, score_stage_share(variant), variant))
+    if score_stage_share(variant, task):
+        trainer.add_callback(stage_switch_callback(trainer, budget_s, score_stage_share(variant, task), variant))
     started = time.monotonic()
     trainer.train()
     minutes = (time.monotonic() - started) / 60
     print(f"[race] {variant}: evaluating", flush=True)
     records = Path(training_args.output_dir) / "eval_records.jsonl"
     metrics = evaluate_model(
-        trainer.model, trainer.processing_class, parsed[eval_protocol(variant)], limit, records
+        trainer.model, trainer.processing_class, parsed[eval_protocol(variant, task)], limit, records
     )
     result = {"variant": variant, "steps": trainer.state.global_step, "train_minutes": minutes, **metrics}
     return result
@@ -260,19 +307,26 @@ def store(path: Path, budget: float | None, limit, result: dict) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| run | " + " | ".join(c for c, _ in TABLE_COLUMNS) + " |", "|---|" + "---:|" * len(TABLE_COLUMNS)]
+    columns = TABLE_COLUMNS + tuple(c for c in TOOL_COLUMNS if any(c[1] in r for r in rows))
+    lines = ["| run | " + " | ".join(c for c, _ in columns) + " |", "|---|" + "---:|" * len(columns)]
     for row in rows:
         cells = []
-        for _, key in TABLE_COLUMNS:
-            value = row.get(key)
-            cells.append("–" if value is None else str(value) if key == "steps" else f"{value:.{1 if key == 'train_minutes' else 3}f}")
+        for _, key in columns:
+            value, spread = row.get(key), row.get(f"{key}/spread")
+            digits = 0 if key == "steps" else 1 if key == "train_minutes" else 3
+            cell = "–" if value is None else f"{value:.{digits}f}"
+            if value is not None and spread is not None and row.get("seeds", 1) > 1:
+                cell += f" ± {spread:.{digits}f}"
+            cells.append(cell)
         lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def verdict(rows: list[dict]) -> str:
-    """The race's two questions, answered from the measured rows."""
+def verdict(rows: list[dict], task: str = "arithmetic") -> str:
+    """The race's questions, answered from the measured rows."""
     trained = [r for r in rows if r["steps"] and not r["variant"].startswith("untrained")]
+    if task == "calculator":
+        return calculator_verdict({r["variant"]: r for r in trained})
     multi = [r for r in trained if r["variant"] != "plain"]
     if not multi:
         return ""
@@ -294,19 +348,72 @@ def verdict(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_in_subprocess(variant: str, args) -> dict | None:
+def calculator_verdict(by_name: dict[str, dict]) -> str:
+    """MT-GRPO's ordering: tool-mtgrpo >= plain + 0.20, >= trl-tools, >= tool-outcome (final accuracy)."""
+    final = {name: row["turns/final/accuracy"] for name, row in by_name.items()}
+    if "tool-mtgrpo" not in final:
+        return ""
+    mt = final["tool-mtgrpo"]
+    checks = [("plain + 0.20", final.get("plain"), 0.20), ("trl-tools", final.get("trl-tools"), 0.0),
+              ("tool-outcome", final.get("tool-outcome"), 0.0)]
+    parts = []
+    for label, other, margin in checks:
+        if other is None:
+            parts.append(f"vs {label}: not run (or failed)")
+        else:
+            gap = mt - (other + margin)
+            parts.append(f"vs {label}: {'met' if gap >= 0 else 'missed'} ({mt:.3f} vs {other + margin:.3f}, {gap:+.3f})")
+    return "tool-mtgrpo final accuracy " + "; ".join(parts)
+
+
+def run_dir(output_dir: Path, variant: str, seed_index: int) -> Path:
+    return output_dir / variant if seed_index == 0 else output_dir / variant / f"seed-{seed_index}"
+
+
+def run_in_subprocess(variant: str, args, seed_index: int = 0) -> dict | str:
     """Train and evaluate one variant in a fresh Python process (nothing left over from the previous run can slow
-    it or change it); its result file, or None when it failed."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--run-one", variant,
-               "--budget-minutes", str(args.budget_minutes), "--output-dir", str(args.output_dir)]  # fmt: skip
+    it or change it); its result, or the error that stopped it."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--run-one", variant, "--task", args.task,
+               "--seed-index", str(seed_index), "--budget-minutes", str(args.budget_minutes),
+               "--output-dir", str(args.output_dir)]  # fmt: skip
     if args.eval_limit:
         command += ["--eval-limit", str(args.eval_limit)]
     code = subprocess.run(command).returncode
-    path = Path(args.output_dir) / variant / RESULT_FILE
-    if code != 0 or not path.exists():
-        print(f"[race] {variant} failed (exit status {code}); its output is above. The other runs go on.", flush=True)
-        return None
-    return json.loads(path.read_text())
+    folder = run_dir(Path(args.output_dir), variant, seed_index)
+    if code != 0 or not (folder / RESULT_FILE).exists():
+        error = folder / ERROR_FILE
+        reason = error.read_text().strip() if error.exists() else f"exit status {code}"
+        print(f"[race] {variant} failed ({reason}); its output is above. The other runs go on.", flush=True)
+        return reason
+    return json.loads((folder / RESULT_FILE).read_text())
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """One row from the seeds of a variant: the mean of each number, and its half-range under `<key>/spread`."""
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
+        if isinstance(value, int | float) and key not in ("budget_minutes", "eval_limit") and len(values) == len(rows):
+            out[key] = sum(values) / len(values)
+            out[f"{key}/spread"] = (max(values) - min(values)) / 2
+    out["seeds"] = len(rows)
+    return out
+
+
+def run_child(args, output_dir: Path) -> int:
+    """--run-one: train one variant with one seed, evaluate it, write its result file (or its error)."""
+    folder = run_dir(output_dir, args.run_one, args.seed_index)
+    parsed = {args.run_one: recipe_args(args.run_one, output_dir, args.task, args.seed_index)}
+    protocol = eval_protocol(args.run_one, args.task)
+    parsed.setdefault(protocol, recipe_args(protocol, output_dir, args.task, args.seed_index))
+    try:
+        result = train_variant(args.run_one, parsed, args.budget_minutes * 60, args.eval_limit, args.task)
+    except Exception as err:  # reported in the race's table (e.g. TRL's tool loop refusing this chat template)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ERROR_FILE).write_text(f"{type(err).__name__}: {err}".splitlines()[0][:400])
+        raise
+    store(folder / RESULT_FILE, args.budget_minutes, args.eval_limit, {**result, "seed": parsed[args.run_one][1].seed})
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,38 +422,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         output_dir = Path(args.output_dir)
-        protocols = sorted({eval_protocol(v) for v in args.variants}, key=list(VARIANTS).index)
-        parsed = {v: recipe_args(v, output_dir) for v in dict.fromkeys([*args.variants, *protocols])}
-        check_shared_values(parsed)
+        if args.run_one:  # the child process of one run
+            return run_child(args, output_dir)
+        variants = TASKS[args.task]
+        protocols = sorted({eval_protocol(v, args.task) for v in args.variants}, key=list(variants).index)
+        parsed = {v: recipe_args(v, output_dir, args.task) for v in dict.fromkeys([*args.variants, *protocols])}
+        check_shared_values(parsed, TASK_FREE_FIELDS[args.task])
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"learning_race: {err}", file=sys.stderr)
         return 2
-    if args.run_one:  # the child process of one run: train, evaluate, write its result file
-        store(output_dir / args.run_one / RESULT_FILE, args.budget_minutes, args.eval_limit,
-              train_variant(args.run_one, parsed, args.budget_minutes * 60, args.eval_limit))  # fmt: skip
-        return 0
-    print(f"[race] {len(args.variants)} runs x {args.budget_minutes:g} min training each; held-out evaluation "
-          f"with protocols {protocols}", flush=True)  # fmt: skip
-    rows, failed = [], []
+    print(f"[race] task {args.task}: {len(args.variants)} variants x {args.seeds} seed(s) x {args.budget_minutes:g} "
+          f"min training each; held-out evaluation with protocols {protocols}", flush=True)  # fmt: skip
+    rows, failed = [], {}
     for protocol in protocols:
         path = output_dir / "untrained" / f"{protocol}.json"
         rows.append(stored(path, None, args.eval_limit, args.rerun) or store(
             path, None, args.eval_limit, evaluate_untrained(protocol, parsed, args.eval_limit)))  # fmt: skip
     for variant in args.variants:
-        row = stored(output_dir / variant / RESULT_FILE, args.budget_minutes, args.eval_limit, args.rerun)
-        row = row or run_in_subprocess(variant, args)
-        if row:
-            rows.append(row)
-        else:
-            failed.append(variant)
+        seeds = []
+        for k in range(args.seeds):
+            path = run_dir(output_dir, variant, k) / RESULT_FILE
+            row = stored(path, args.budget_minutes, args.eval_limit, args.rerun) or run_in_subprocess(variant, args, k)
+            if isinstance(row, dict):
+                seeds.append(row)
+            else:
+                failed[f"{variant} (seed {k})"] = row
+        if seeds:
+            rows.append(aggregate(seeds))
     import torch
 
     header = (
-        f"Learning race: {args.budget_minutes:g} min of training per run, {os.cpu_count()} CPU cores "
-        f"(torch threads {torch.get_num_threads()}), held-out arithmetic ({args.eval_limit or 'all'} "
-        "problems), greedy"
+        f"Learning race ({args.task}): {args.budget_minutes:g} min of training per run, {args.seeds} seed(s) per "
+        f"variant, {os.cpu_count()} CPU cores (torch threads {torch.get_num_threads()}), held-out problems "
+        f"({args.eval_limit or 'all'}), greedy"
     )
-    notes = [verdict(rows)] + ([f"FAILED runs (not in the table): {failed}"] if failed else [])
+    notes = [verdict(rows, args.task)] + [f"FAILED: {name}: {reason}" for name, reason in failed.items()]
     table = "\n".join([header, "", format_table(rows), "", *notes])
     print("\n" + table)
     (output_dir / "race_table.md").write_text(table + "\n")

@@ -74,9 +74,13 @@ def format_table(before: dict, after: dict, n: int) -> str:
             ("delta (final - turn 1)", "self_correction/delta"),
             ("wrong -> right (i->c)", "self_correction/incorrect_to_correct"),
             ("right -> wrong (c->i)", "self_correction/correct_to_incorrect")]
-    lines = [f"\nHeld-out arithmetic ({n} problems, greedy)", f"{'':24}{'before':>10}{'after':>10}"]
+    # What the turns carried: tool calls made and how many ran, the checker's counts.
+    rows += [(key.split("/", 1)[1].replace("_", " "), key) for key in ("tools/calls_per_episode", "tools/success_rate",
+             "feedback_checker/claims_checked", "feedback_checker/claims_wrong") if key in before or key in after]
+    lines = [f"\nHeld-out problems ({n}, greedy)", f"{'':24}{'before':>10}{'after':>10}"]
     for label, key in rows:
-        lines.append(f"{label:24}{before.get(key, float('nan')):>10.3f}{after.get(key, float('nan')):>10.3f}")
+        if key in before or key in after:
+            lines.append(f"{label:24}{before.get(key, float('nan')):>10.3f}{after.get(key, float('nan')):>10.3f}")
     return "\n".join(lines)
 
 
