@@ -364,6 +364,12 @@ class MTGRPOConfig(GRPOConfig):
             raise ValueError(f"episode_log_steps={self.episode_log_steps} must be >= 0 (0 turns transcripts off).")
         if self.max_prompt_length is not None and self.max_prompt_length <= 0:
             raise ValueError(f"max_prompt_length={self.max_prompt_length} must be positive or null.")
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            # Named here: TRL would only report its internal generation setting max_new_tokens.
+            raise ValueError(
+                f"max_completion_length={self.max_completion_length} must be >= 1: it is the most tokens one turn "
+                "may generate (recipe field `max_completion_length`)."
+            )
         self._check_tool_fields()
         self._check_self_correction_fields()
         self._fall_back_from_bf16_without_gpu()

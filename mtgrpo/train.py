@@ -20,12 +20,14 @@ logger = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .launch.checkpoints import agreed_checkpoint
+    from .launch.checkpoints import agreed_checkpoint, check_checkpoint
     from .launch.signals import SaveOnSigterm
     from .trainer import build_trainer
 
     try:  # bad input (recipe, data, rewards, prompt lengths, checkpoints): one clear line, exit status 2
         script_args, training_args, model_args = parse_recipe(argv)
+        if training_args.resume_from_checkpoint:  # checked before any model is loaded
+            check_checkpoint(training_args.resume_from_checkpoint)
         trainer = build_trainer(script_args, training_args, model_args)
         # An explicit --resume_from_checkpoint wins; otherwise the newest complete checkpoint, chosen once by rank 0
         # and broadcast, so every node resumes from the same step (every process calls this).
