@@ -3,6 +3,8 @@
 Episodes run with scripted generations (no model) on the real SmolLM2 tokenizer; the KL tests build a tiny trainer.
 """
 
+import math
+
 import pytest
 import torch
 from scripted import spy_rollouts
@@ -475,3 +477,42 @@ def test_score_recipe_trains_with_its_turn1_kl(tiny_model_dir, tmp_path):
     logs = [entry for entry in trainer.state.log_history if "score/stage" in entry]
     assert [entry["score/stage"] for entry in logs] == [1.0, 2.0]
     assert "turn_kl/kl" in logs[0] and "turn_kl/kl" not in logs[1]  # only stage I's turn 1 carries a coefficient
+
+
+def _overflow_kl_where(inputs, where: torch.Tensor) -> dict:
+    """The batch with a reference log-prob so far above the policy's on `where` that the k3 KL overflows to inf."""
+    ref = inputs["ref_per_token_logps"].clone()
+    ref[where] = 1.0e4
+    return {**inputs, "ref_per_token_logps": ref}
+
+
+def test_turn_kl_zero_coefficient_on_an_overflowing_token_is_not_nan(tiny_model_dir, tmp_path):
+    # Issue 21, item 13: coef * kl * mask gave 0 * inf = NaN on refine tokens (coefficient 0) and padded tokens.
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, feedback_source="template", turn_kl={"solve": 0.5})
+    inputs, rollouts = _kl_batch(trainer)
+    width = inputs["completion_ids"].size(1)
+    refine = _credit_mask(rollouts, width, "refine")
+    padded = inputs["completion_mask"] == 0
+    assert refine.any()
+    for where in (refine, padded) if padded.any() else (refine,):
+        loss = trainer._compute_loss(trainer.model, _overflow_kl_where(inputs, where))
+        assert torch.isfinite(loss), loss
+    assert all(map(math.isfinite, trainer._metrics["train"]["turn_kl/kl"]))
+
+
+def test_turn_kl_batch_without_a_positive_coefficient_builds_no_kl_term(tiny_model_dir, tmp_path):
+    # A batch whose tokens all have coefficient 0 (e.g. SCoRe stage II with turn_kl only on solve_stage1): TRL's loss,
+    # bit for bit, even where the KL overflows.
+    from trl import GRPOTrainer
+
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, feedback_source="template", turn_kl={"solve": 0.5})
+    inputs, _ = _kl_batch(trainer)
+    inputs = _overflow_kl_where({**inputs, "turn_kl_coef": torch.zeros_like(inputs["turn_kl_coef"])},
+                                torch.ones_like(inputs["completion_mask"], dtype=torch.bool))  # fmt: skip
+    for loss_type in LOSS_TYPES:
+        trainer.loss_type = loss_type
+        torch.manual_seed(0)
+        ours = trainer._compute_loss(trainer.model, inputs)
+        torch.manual_seed(0)
+        todays = GRPOTrainer._compute_loss(trainer, trainer.model, inputs)
+        assert torch.equal(ours, todays), loss_type
