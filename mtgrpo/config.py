@@ -285,8 +285,9 @@ class MTGRPOConfig(GRPOConfig):
         metadata={
             "help": "Reward of trained feedback tokens (refine, feedback_source=self, train_feedback=true). 'outcome' "
             "(default) = R(final), the verifier outcome of the refined answer (MLMT-RL / Bi-NAC's high-level reward); "
-            "'improvement' = R(final) - R(turn 1) (RL-guided SCoRe), 0 where either turn is unscorable, so restating "
-            "a right first answer earns nothing and only feedback that fixes a wrong one earns the most."
+            "'improvement' = R(final) - R(turn 1) (RL-guided SCoRe; refine only), 0 where only turn 1 is unscorable, so "
+            "restating a right first answer earns nothing and only feedback that fixes a wrong one earns the most. In "
+            "both modes an unscorable final answer is left out of the group baseline with advantage 0, as in TRL."
         },
     )
     turn_kl: dict | str | None = field(
@@ -457,6 +458,14 @@ class MTGRPOConfig(GRPOConfig):
                 "feedback_reward=improvement rewards the feedback writer, but no feedback tokens are trained. Set "
                 "feedback_source: self and train_feedback: true (or feedback_source: model and train_feedback_model: "
                 "true), or leave feedback_reward: outcome."
+            )
+        if self.feedback_reward == "improvement" and self.episode != "refine":
+            # R(final) - R(turn 1) needs a first answer that the feedback or plan could improve on; a plan comes
+            # before any answer, so the setting would be silently ignored.
+            raise ValueError(
+                f"feedback_reward=improvement credits feedback with R(final) - R(turn 1) of a refine episode; episode "
+                f"{self.episode!r} has no first answer the {'plan' if self.episode == 'plan' else 'feedback'} could "
+                "improve on. Set feedback_reward: outcome (the plan writer earns R(final)) or episode: refine."
             )
         self.turn_kl = parse_turn_kl(self.turn_kl, self.episode)
         if self.score_stage1_steps < 0:
