@@ -144,3 +144,11 @@ def test_a_good_gz_file_still_loads():
     with gzip.open(FIXTURES / "HumanEval_sample.jsonl.gz", "rt") as f:
         count = sum(1 for line in f if line.strip())
     assert len(load_task_dataset(str(FIXTURES / "HumanEval_sample.jsonl.gz"), "humaneval")) == count
+
+
+def test_dead_feedback_server_while_the_trainer_is_built(tmp_path):
+    # Issue 21, item 15: a trainable feedback model's server is contacted when the trainer is built (weight pushes).
+    url = "http://127.0.0.1:9"  # nothing listens on the discard port
+    result = run("mtgrpo.train", "--config", "recipes/smollm2-135m-instruct/arithmetic-bilevel.yaml",
+                 "--feedback_server_url", url, "--feedback_timeout", "1", "--output_dir", str(tmp_path / "run"))  # fmt: skip
+    assert_clean(result, url)
