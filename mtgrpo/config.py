@@ -218,7 +218,8 @@ class MTGRPOConfig(GRPOConfig):
         metadata={
             "help": "train_feedback_model: the feedback policy takes one update after every solver step whose number "
             "is a multiple of this, on the feedback turns of that step's batch (turns of other steps are not trained "
-            "on). 1 = both levels every step; 16 = once per 16 solver steps (Bi-NAC's HLT_LLT_RR_1_15 cycle)."
+            "on). 1 = both levels every step; 15 = once per 15 solver steps, the ratio of Bi-NAC's HLT_LLT_RR_1_15 (1 "
+            "feedback update per 15 solver updates)."
         },
     )
     feedback_lora: bool = field(
@@ -420,7 +421,7 @@ class MTGRPOConfig(GRPOConfig):
         if self.feedback_update_interval < 1:
             raise ValueError(
                 f"feedback_update_interval={self.feedback_update_interval} must be >= 1 (1 = update the feedback "
-                "model after every solver step, 16 = after every 16th as in Bi-NAC's HLT_LLT_RR_1_15)."
+                "model after every solver step, 15 = after every 15th: Bi-NAC's HLT_LLT_RR_1_15 ratio)."
             )
         for name in ("feedback_learning_rate", "feedback_beta"):
             if getattr(self, name) < 0:
