@@ -4,7 +4,8 @@
 # Two instances: run on each, --node-rank 0 on the main one, whose private IP is --main-address:
 #   local_training/train.sh RECIPE --num-nodes 2 --node-rank 0 --main-address 10.0.0.1
 # Everything else (GPU split, vLLM server, accelerate config, stopping the server) is the node launcher's job;
-# see `python -m mtgrpo.launch.cli --help`. Flags it does not know go to mtgrpo.train as recipe overrides.
+# see `python -m mtgrpo.launch.cli --help`. Recipe fields as flags (--learning_rate 1.0e-06) override the recipe; the recipe
+# and every flag are checked (unknown ones named with the closest valid one) before anything starts.
 set -euo pipefail
 
 if [[ $# -lt 1 || "$1" == -* ]]; then

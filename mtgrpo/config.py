@@ -268,7 +268,8 @@ class MTGRPOConfig(GRPOConfig):
         metadata={
             "help": "train_feedback_model: the feedback policy takes one update after every solver step whose number "
             "is a multiple of this, on the feedback turns of that step's batch (turns of other steps are not trained "
-            "on). 1 = both levels every step; 16 = once per 16 solver steps (Bi-NAC's HLT_LLT_RR_1_15 cycle)."
+            "on). 1 = both levels every step; 15 = once per 15 solver steps, the ratio of Bi-NAC's HLT_LLT_RR_1_15 (1 "
+            "feedback update per 15 solver updates)."
         },
     )
     feedback_lora: bool = field(
@@ -335,8 +336,9 @@ class MTGRPOConfig(GRPOConfig):
         metadata={
             "help": "Reward of trained feedback tokens (refine, feedback_source=self, train_feedback=true). 'outcome' "
             "(default) = R(final), the verifier outcome of the refined answer (MLMT-RL / Bi-NAC's high-level reward); "
-            "'improvement' = R(final) - R(turn 1) (RL-guided SCoRe), 0 where either turn is unscorable, so restating "
-            "a right first answer earns nothing and only feedback that fixes a wrong one earns the most."
+            "'improvement' = R(final) - R(turn 1) (RL-guided SCoRe; refine only), 0 where only turn 1 is unscorable, so "
+            "restating a right first answer earns nothing and only feedback that fixes a wrong one earns the most. In "
+            "both modes an unscorable final answer is left out of the group baseline with advantage 0, as in TRL."
         },
     )
     turn_kl: dict | str | None = field(
@@ -414,6 +416,12 @@ class MTGRPOConfig(GRPOConfig):
             raise ValueError(f"episode_log_steps={self.episode_log_steps} must be >= 0 (0 turns transcripts off).")
         if self.max_prompt_length is not None and self.max_prompt_length <= 0:
             raise ValueError(f"max_prompt_length={self.max_prompt_length} must be positive or null.")
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            # Named here: TRL would only report its internal generation setting max_new_tokens.
+            raise ValueError(
+                f"max_completion_length={self.max_completion_length} must be >= 1: it is the most tokens one turn "
+                "may generate (recipe field `max_completion_length`)."
+            )
         self._check_tool_fields()
         self._check_self_correction_fields()
         self._fall_back_from_bf16_without_gpu()
@@ -471,7 +479,7 @@ class MTGRPOConfig(GRPOConfig):
         if self.feedback_update_interval < 1:
             raise ValueError(
                 f"feedback_update_interval={self.feedback_update_interval} must be >= 1 (1 = update the feedback "
-                "model after every solver step, 16 = after every 16th as in Bi-NAC's HLT_LLT_RR_1_15)."
+                "model after every solver step, 15 = after every 15th: Bi-NAC's HLT_LLT_RR_1_15 ratio)."
             )
         for name in ("feedback_learning_rate", "feedback_beta"):
             if getattr(self, name) < 0:
@@ -509,6 +517,14 @@ class MTGRPOConfig(GRPOConfig):
                 "feedback_reward=improvement rewards the feedback writer, but no feedback tokens are trained. Set "
                 "feedback_source: self and train_feedback: true (or feedback_source: model and train_feedback_model: "
                 "true), or leave feedback_reward: outcome."
+            )
+        if self.feedback_reward == "improvement" and self.episode != "refine":
+            # R(final) - R(turn 1) needs a first answer that the feedback or plan could improve on; a plan comes
+            # before any answer, so the setting would be silently ignored.
+            raise ValueError(
+                f"feedback_reward=improvement credits feedback with R(final) - R(turn 1) of a refine episode; episode "
+                f"{self.episode!r} has no first answer the {'plan' if self.episode == 'plan' else 'feedback'} could "
+                "improve on. Set feedback_reward: outcome (the plan writer earns R(final)) or episode: refine."
             )
         self.turn_kl = parse_turn_kl(self.turn_kl, self.episode)
         if self.score_stage1_steps < 0:

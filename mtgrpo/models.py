@@ -117,6 +117,35 @@ def _converted_version(target: Path) -> int | None:
         return None
 
 
+def check_model_path(name_or_path: str | None, field: str = "model_name_or_path") -> None:
+    """Fail in one line, before anything loads, when `field` names no model: a missing local path, a file, or a folder
+    without a model in it. A hub id is left to the loader (it may be cached or downloadable)."""
+    fix = (f"Pass a folder saved by save_pretrained (a run's output_dir), a hub id, or {BUNDLED_MODEL_NAME!r} "
+           f"(recipe field / flag `{field}`).")  # fmt: skip
+    if not name_or_path:
+        raise ValueError(f"{field} is not set. {fix}")
+    if name_or_path == BUNDLED_MODEL_NAME:
+        return
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        raise ValueError(f"{field} {name_or_path!r} is a file, not a model folder. {fix}")
+    if path.is_dir():
+        if not any((path / marker).is_file() for marker in ("config.json", "adapter_config.json")):
+            raise ValueError(f"{field} {name_or_path!r} is a folder with no model in it (no config.json). {fix}")
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+        looks_local = name_or_path.startswith((".", "~"))
+    except HFValidationError:  # not `name` or `namespace/name`: it can only be a local path
+        looks_local = True
+    if looks_local:
+        raise FileNotFoundError(
+            f"{field} {name_or_path!r} does not exist (relative paths start from {Path.cwd()}). {fix}"
+        )
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Map the stable bundled name to its prepared directory; pass hub ids and local paths through."""
     if name_or_path == BUNDLED_MODEL_NAME:

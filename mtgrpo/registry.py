@@ -59,3 +59,40 @@ def get_reward_func(name: str) -> Callable:
 def get_reward_funcs(names: list[str]) -> list[Callable]:
     """``get_reward_func`` for each name, in order."""
     return [get_reward_func(name) for name in names]
+
+
+# What TRL passes every reward function besides the dataset's columns (GRPOTrainer._calculate_rewards).
+_TRL_REWARD_ARGUMENTS = {"prompts", "completions", "completion_ids", "trainer_state", "log_metric", "log_extra",
+                         "environments"}  # fmt: skip
+
+
+def required_columns(func: Callable) -> list[str]:
+    """The dataset columns a reward function cannot run without: its parameters without a default, other than
+    the ones TRL always passes."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # a callable whose signature cannot be read: nothing to check
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        p.name
+        for p in parameters
+        if p.kind in kinds and p.default is inspect.Parameter.empty and p.name not in _TRL_REWARD_ARGUMENTS
+    ]
+
+
+def check_reward_columns(funcs: list[Callable], columns, dataset_name: str) -> None:
+    """A reward whose required column the data lacks (e.g. a code reward on arithmetic data) fails at start, naming
+    the reward and the column, instead of a TypeError inside TRL after a whole generation."""
+    columns = set(columns)
+    for func in funcs:
+        missing = [c for c in required_columns(func) if c not in columns]
+        if missing:
+            name = getattr(func, "__name__", repr(func))
+            raise ValueError(
+                f"Reward {name!r} needs the dataset column {missing[0]!r}, which dataset {dataset_name!r} does not "
+                f"have (its columns: {', '.join(sorted(columns))}). Use a dataset with that column (its "
+                "dataset_schema) or remove the reward from reward_funcs."
+            )

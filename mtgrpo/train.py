@@ -20,25 +20,27 @@ logger = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .launch.checkpoints import agreed_checkpoint
+    from .feedback.model import FeedbackServerError
+    from .launch.checkpoints import agreed_checkpoint, check_checkpoint
     from .launch.signals import SaveOnSigterm
     from .trainer import build_trainer
 
     try:  # bad input (recipe, data, rewards, prompt lengths, checkpoints): one clear line, exit status 2
         script_args, training_args, model_args = parse_recipe(argv)
+        if training_args.resume_from_checkpoint:  # checked before any model is loaded
+            check_checkpoint(training_args.resume_from_checkpoint)
         trainer = build_trainer(script_args, training_args, model_args)
         # An explicit --resume_from_checkpoint wins; otherwise the newest complete checkpoint, chosen once by rank 0
         # and broadcast, so every node resumes from the same step (every process calls this).
         checkpoint = agreed_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
-    except (ValueError, FileNotFoundError) as err:
+    # A feedback server that is down or cannot take weight updates fails while the trainer is built, too.
+    except (ValueError, FileNotFoundError, FeedbackServerError) as err:
         print(f"mtgrpo train: {err}", file=sys.stderr)
         return 2
     # SageMaker stop / spot reclaim sends SIGTERM 120 s before SIGKILL: save a complete checkpoint at the step's end.
     trainer.add_callback(SaveOnSigterm())
     if checkpoint:
         logger.info("Resuming from %s", checkpoint)
-    from .feedback.model import FeedbackServerError
-
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except FeedbackServerError as err:  # the feedback server is down or answers nothing: not a bug, say how to fix it

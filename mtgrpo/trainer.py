@@ -287,15 +287,34 @@ def build_trainer(script_args, training_args, model_args, trainer_cls=None):
     from transformers import AutoTokenizer
     from trl import get_peft_config
 
-    from .models import resolve_model_path
-    from .registry import get_reward_funcs
+    from pathlib import Path
+
+    from .episodes import episode_reward_columns
+    from .models import check_model_path, resolve_model_path
+    from .registry import check_reward_columns, get_reward_funcs
     from .tasks.data import load_recipe_split
 
     # Cheap checks first, so a bad recipe fails before any model is loaded or file is written.
+    if Path(training_args.output_dir).is_file():
+        raise ValueError(
+            f"output_dir {training_args.output_dir!r} is a file; the run writes checkpoints and the model into a "
+            "folder there. Pass a folder path (recipe field / flag `output_dir`)."
+        )
+    check_model_path(model_args.model_name_or_path)
+    if training_args.feedback_source == "model" and not training_args.feedback_server_url:
+        check_model_path(training_args.feedback_model_name_or_path, "feedback_model_name_or_path")
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
     train_dataset = load_recipe_split(script_args, "train", seed=training_args.seed)
+    columns = [*train_dataset.column_names, *episode_reward_columns(training_args.episode)]
+    check_reward_columns(reward_funcs, columns, script_args.dataset_name)
     model_path = resolve_model_path(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    except OSError as err:  # a hub id that is neither cached nor reachable
+        raise ValueError(
+            f"Could not load model_name_or_path {model_args.model_name_or_path!r} ({err}). Download it first "
+            "(`hf download ID`), or pass a local folder saved by save_pretrained."
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     training_args.model_init_kwargs = {

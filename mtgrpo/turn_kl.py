@@ -83,7 +83,11 @@ class TurnKLMixin:
 
     def _compute_loss(self, model, inputs):
         coef = inputs.get("turn_kl_coef")
-        if coef is None:
+        if coef is None or not bool((coef > 0).any()):
+            # No token of this micro-batch carries a coefficient (e.g. SCoRe stage II batches): no KL term is built,
+            # so the loss is TRL's bit for bit. The metric's collective still runs, as on the other processes.
+            if coef is not None:
+                self._log_turn_kl(coef.new_zeros(()), coef.new_zeros(()))
             return super()._compute_loss(model, inputs)
         # Keep the policy log-probs of TRL's one forward pass (with their graph) to build the KL term on.
         name = "_get_per_token_logps_and_entropies"
@@ -111,8 +115,13 @@ class TurnKLMixin:
         per_token_kl = _k3(inputs["ref_per_token_logps"], per_token_logps)
         if self.args.use_bias_correction_kl:
             per_token_kl = per_token_kl * self._importance_ratio(per_token_logps, inputs, mask)
-        loss = loss + self._aggregate_like_loss_type(coef * per_token_kl, mask, inputs)
-        self._log_turn_kl(per_token_kl.detach(), mask * (coef > 0))
+        # Only tokens with a positive coefficient that are trained: elsewhere the KL may overflow (a padded token, a
+        # turn far from the reference), and 0 * inf would make the whole loss NaN.
+        selected = (coef > 0) & (mask > 0)
+        term = torch.where(selected, coef * per_token_kl, torch.zeros_like(per_token_kl))
+        loss = loss + self._aggregate_like_loss_type(term, mask, inputs)
+        kept = torch.where(selected, per_token_kl.detach(), torch.zeros_like(per_token_kl))
+        self._log_turn_kl(kept.sum(), selected.sum().to(kept.dtype))
         return loss
 
     def _importance_ratio(self, per_token_logps, inputs, mask):
@@ -143,10 +152,10 @@ class TurnKLMixin:
             return masked.sum(-1).mean() / accumulation
         raise ValueError(f"turn_kl does not know how loss_type {self.loss_type!r} normalises its loss.")
 
-    def _log_turn_kl(self, per_token_kl: torch.Tensor, selected: torch.Tensor) -> None:
-        """`turn_kl/kl`: mean KL over the tokens that carry a positive coefficient, over every process."""
+    def _log_turn_kl(self, kl_sum: torch.Tensor, count: torch.Tensor) -> None:
+        """`turn_kl/kl`: mean KL over the trained tokens that carry a positive coefficient, over every process."""
         mode = "train" if self.model.training else "eval"
-        stats = torch.stack([(per_token_kl * selected).sum(), selected.sum().to(per_token_kl.dtype)])
+        stats = torch.stack([kl_sum.float(), count.float()])
         total, count = self.accelerator.reduce(stats, reduction="sum").tolist()
         if count:
             self._metrics[mode]["turn_kl/kl"].append(total / count)

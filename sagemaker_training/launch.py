@@ -353,8 +353,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_before_the_sdk(parser: argparse.ArgumentParser, recipe: str, overrides: list[str]) -> None:
+    """Our own checks, before the SageMaker SDK is imported: the whole recipe with its overrides (unknown keys and
+    flags with the closest valid name, types), then that the SDK is installed at all."""
+    if str(REPO_ROOT) not in sys.path:  # run from a checkout: mtgrpo is importable without installing it
+        sys.path.append(str(REPO_ROOT))
+    from mtgrpo.recipe import check_recipe
+
+    flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+    try:
+        check_recipe(recipe, overrides, launcher_flags=flags)
+    except FileNotFoundError as error:
+        raise ValueError(str(error)) from None
+    try:
+        import botocore  # noqa: F401
+        import sagemaker.train  # noqa: F401
+    except ImportError as error:
+        raise ValueError(
+            f"The SageMaker SDK is not installed ({error}). Install the extra: pip install 'mtgrpo[sagemaker]' (or "
+            "pip install -e '.[sagemaker]' in a checkout)."
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args, overrides = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        check_before_the_sdk(parser, args.recipe, overrides)
+    except ValueError as error:
+        print(f"launch.py: {error}", file=sys.stderr)
+        return 2
     options = JobOptions(
         recipe=args.recipe,
         instance_type=args.instance_type,

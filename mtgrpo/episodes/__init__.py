@@ -7,7 +7,8 @@ from .refine import RefineEpisode
 from .self_correct import SelfCorrectEpisode
 from .tool import ToolEpisode
 
-__all__ = ["Rollout", "Segment", "TurnSpec", "run_episodes", "RefineEpisode", "ToolEpisode", "PlanEpisode", "build_episode"]
+__all__ = ["Rollout", "Segment", "TurnSpec", "run_episodes", "RefineEpisode", "ToolEpisode", "PlanEpisode", "build_episode",
+           "episode_reward_columns"]
 
 
 def build_episode(args, for_evaluation: bool = False):
@@ -24,3 +25,10 @@ def build_episode(args, for_evaluation: bool = False):
     factories["self_correct"] = SelfCorrectEpisode.from_config  # SCoRe (docs/self_correction.md)
     factories["mutis"] = MutisEpisode.from_config  # MuTIS interventions (docs/self_correction.md)
     return factories[args.episode](args)
+
+
+def episode_reward_columns(name: str) -> tuple[str, ...]:
+    """Columns episode `name` adds to what the reward functions receive (on top of the dataset's), e.g. tool calls."""
+    classes = {"refine": RefineEpisode, "tool": ToolEpisode, "plan": PlanEpisode, "self_correct": SelfCorrectEpisode,
+               "mutis": MutisEpisode}  # fmt: skip
+    return tuple(getattr(classes[name], "reward_columns", ()))

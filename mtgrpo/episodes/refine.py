@@ -200,9 +200,11 @@ class RefineEpisode:
 
     def _feedback_reward(self, rewards: dict[str, torch.Tensor]) -> torch.Tensor:
         """What trained feedback tokens earn: rf (MLMT-RL), or rf - r1 (RL-guided SCoRe), which pays nothing for
-        restating a right first answer; 0 where either turn is unscorable."""
+        restating a right first answer; 0 where only turn 1 is unscorable. Where the final answer is unscorable the
+        reward is NaN in both modes: the episode is left out of the group baseline with advantage 0, as TRL does."""
         if self.feedback_reward == "improvement":
-            return torch.nan_to_num(rewards["final"] - rewards["turn1"], nan=0.0)
+            rf = rewards["final"]
+            return torch.where(torch.isnan(rf), rf, torch.nan_to_num(rf - rewards["turn1"], nan=0.0))
         return rewards["final"]
 
     def advantages(self, rewards: dict[str, torch.Tensor], num_generations: int, scale: str) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -66,6 +67,8 @@ class ToolEpisode:
     advantage_mode: str = "mt_grpo"
     turn_advantage_coef: float = 1.0
     native: bool = field(default=False, init=False)  # resolved by bind(): the protocol actually in use
+    # The per-episode columns reward_kwargs hands the reward functions (checked against their parameters at start).
+    reward_columns: ClassVar[tuple[str, ...]] = ("tool_calls", "tool_successes", "first_result", "assistant_turns")
 
     call_prefix: str = ""  # tool_call_prefix: written for the policy at the start of its first turn
     call_prefix_rate: float = 1.0  # share of episodes that get it, spread evenly over the batch

@@ -95,19 +95,13 @@ def _choose_backend(requested: str) -> str:
 
 
 def _check_model(name_or_path: str | None) -> str:
-    from ..models import BUNDLED_MODEL_NAME, resolve_model_path
+    from ..models import check_model_path, resolve_model_path
 
     if not name_or_path:
         raise ValueError(
             "No model: the recipe has no model_name_or_path. Pass --model_name_or_path PATH_OR_HUB_ID."
         )
-    path = Path(name_or_path).expanduser()
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if name_or_path != BUNDLED_MODEL_NAME and looks_local and not path.exists():
-        raise FileNotFoundError(
-            f"Model directory {path} does not exist (relative paths start from {Path.cwd()}). Pass a trained "
-            f"run's output_dir, a hub id, or {BUNDLED_MODEL_NAME!r}."
-        )
+    check_model_path(name_or_path)  # missing, a file, or a folder with no model in it: one line naming it
     return resolve_model_path(name_or_path)
 
 

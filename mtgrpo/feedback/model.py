@@ -61,10 +61,16 @@ def render_prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
 
 
 def stop_ids(tokenizer, model) -> set[int]:
-    """Token ids that end a reply: the generation config's EOS ids (a list for e.g. Llama 3) and the tokenizer's."""
+    """Token ids that end a reply: the generation config's EOS ids (a list for e.g. Llama 3), the tokenizer's, and
+    the feedback model's chat template's end-of-turn id. A base model's EOS may be another token (Qwen2.5: EOS
+    <|endoftext|>, turns closed by <|im_end|>): without it a reply would run on through a new role header."""
+    from ..chat import ChatTurns
+
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids = set(configured if isinstance(configured, list) else [configured])
     ids.add(tokenizer.eos_token_id)
+    if tokenizer.chat_template is not None:
+        ids.add(ChatTurns(tokenizer).end_of_turn_id)
     return {i for i in ids if i is not None}
 
 
@@ -143,6 +149,7 @@ class TransformersFeedbackModel:
                     **batch,
                     max_new_tokens=self.max_new_tokens,
                     pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=sorted(self.stops),  # the end-of-turn id too, not only the EOS
                     **sampling,
                 )
             for prompt, new in zip(prompts, out[:, batch["input_ids"].shape[1] :].tolist(), strict=True):

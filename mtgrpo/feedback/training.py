@@ -123,6 +123,8 @@ class FeedbackPolicy:
                 top_p=1.0,
                 top_k=0,
                 max_tokens=self.args.feedback_max_new_tokens,
+                # Stop at the feedback template's end-of-turn id, as the in-process path and the solver's turns do.
+                generation_kwargs={"stop_token_ids": sorted(self.backend.stops)},
             )
         except Exception as error:  # requests' errors, vLLM's HTTP errors: say which server and how to fix it
             raise FeedbackServerError(

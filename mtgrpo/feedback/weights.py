@@ -196,3 +196,8 @@ def check_adapter_setup(args, model, accelerator) -> None:
             "feedback_lora=true is not supported with DeepSpeed ZeRO-3 (the feedback adapter's update runs outside "
             "the DeepSpeed engine, which shards its weights). Use ZeRO-2 or no DeepSpeed, or feedback_lora: false."
         )
+    if getattr(accelerator.state, "fsdp_plugin", None) is not None:  # FSDP shards the weights the same way
+        raise ValueError(
+            "feedback_lora=true is not supported with FSDP (the feedback adapter's update runs outside the FSDP "
+            "wrapper, which shards its weights). Use DDP or DeepSpeed ZeRO-2, or feedback_lora: false."
+        )

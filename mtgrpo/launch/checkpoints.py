@@ -124,6 +124,27 @@ def _check_world_size(checkpoint: Path, world_size: int | None) -> None:
         )
 
 
+def check_checkpoint(checkpoint: str | Path) -> None:
+    """An explicit `resume_from_checkpoint` gets the check the automatic resume applies: a missing, empty or partial
+    checkpoint, or one whose trainer_state.json is not JSON, is an error naming it and what is missing."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"resume_from_checkpoint {checkpoint!r} is not a checkpoint folder (it does not exist or is a file). Pass "
+            "a checkpoint-N folder of an earlier run, or leave it unset to resume from output_dir's newest one."
+        )
+    missing = missing_parts(path)
+    if missing:
+        broken = "trainer_state.json" in missing and (path / "trainer_state.json").is_file()
+        what = ", ".join("trainer_state.json (not valid JSON)" if m == "trainer_state.json" and broken else m
+                         for m in missing)  # fmt: skip
+        raise CheckpointError(
+            f"resume_from_checkpoint {checkpoint!r} is incomplete: missing {what} (a save that was interrupted?). "
+            "Pass a complete checkpoint-N folder, or leave resume_from_checkpoint unset to resume from the newest "
+            "complete one."
+        )
+
+
 def latest_checkpoint(output_dir: str | Path, world_size: int | None = None) -> str | None:
     """The newest complete `checkpoint-N` directory under `output_dir`, or None to start from scratch.
 
@@ -165,6 +186,8 @@ def agreed_checkpoint(output_dir: str | Path, explicit: str | None = None) -> st
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
+        if explicit:
+            check_checkpoint(explicit)
         return explicit or latest_checkpoint(output_dir)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     decision: list = [None, None]  # [path, error message]

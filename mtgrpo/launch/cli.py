@@ -4,7 +4,8 @@
     python -m mtgrpo.launch.cli RECIPE --num-nodes 2 --node-rank 1 --main-address 10.0.0.1   # second node
     python -m mtgrpo.launch.cli RECIPE --num-nodes 3 --node-rank R --main-address 10.0.0.1 --generation-node 10.0.0.3
 
-Unknown flags (`--learning_rate 1.0e-06`, ...) are recipe overrides for mtgrpo.train. Local EC2
+Other flags (`--learning_rate 1.0e-06`, ...) are recipe overrides for mtgrpo.train; a flag that is neither a launcher option
+nor a recipe field (`--num-node 2`) is an error before anything starts. Local EC2
 (local_training/train.sh) and SageMaker (sagemaker_training/entrypoint.py) both call this module.
 """
 
@@ -14,6 +15,7 @@ import argparse
 import os
 import sys
 
+from ..recipe import check_recipe
 from .plan import (
     DEFAULT_SERVER_TIMEOUT,
     TRAIN_STOP_GRACE_SECONDS,
@@ -80,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    return [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The recipe comes first so that values of unknown override flags are never taken for it.
@@ -91,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the recipe: mtgrpo launch RECIPE [options]")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
+        # Before any server or training process starts: the whole recipe, its overrides and their types, and no
+        # misspelled launcher flag (`--num-node 2`) passed on to training as a recipe setting.
+        check_recipe(recipe, overrides, launcher_flags=_flags(parser))
         plan = plan_launch(
             recipe,
             num_gpus=detect_gpus() if args.num_gpus is None else args.num_gpus,

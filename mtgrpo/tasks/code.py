@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import ast
 import builtins
-import gzip
 import importlib.util
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import datasets
+
+from .files import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +81,31 @@ def load_code_dataset(
         if not row["tests"]:
             dropped += 1
             continue
+        _check_tests_compile(dataset_name, len(rows) + dropped + 1, row)
         user = {"role": "user", "content": prompt_template.format(problem=row["problem"])}
         rows.append({"prompt": [*system, user], **row})
     if dropped:
         logger.warning("%s: skipped %d rows without tests.", dataset_name, dropped)
+    if not rows:
+        what = f"none of its {dropped} rows has a test" if dropped else "it has no rows"
+        raise ValueError(
+            f"Code dataset {dataset_name!r} (split {split!r}) has nothing to train or evaluate on: {what}. Every row "
+            f"needs tests ({'test_list' if schema == 'mbpp' else 'test'}); without them no program can be scored."
+        )
     return datasets.Dataset.from_list(rows)
+
+
+def _check_tests_compile(dataset_name: str, number: int, row: dict) -> None:
+    """A test (or setup code) that is not valid Python would fail every program: an error when the data is loaded."""
+    where = f"row {number}" + (f" ({row['task_id']})" if row.get("task_id") else "")
+    for what, code in [("setup_code", row.get("setup_code") or ""), *(("test", t) for t in row["tests"])]:
+        try:
+            compile(code, f"{dataset_name}:{where}", "exec")
+        except (SyntaxError, ValueError) as err:
+            raise ValueError(
+                f"Dataset {dataset_name!r}, {where}: a {what} is not valid Python ({getattr(err, 'msg', err)}): "
+                f"{code.strip()[:120]!r}. Every program would fail it; fix or remove that row."
+            ) from None
 
 
 def _load(dataset_name: str, split: str, dataset_config: str | None, load_raw) -> datasets.Dataset:
@@ -111,8 +131,7 @@ def humaneval_package_file() -> Path:
 
 
 def _read_jsonl_gz(path: Path) -> datasets.Dataset:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return datasets.Dataset.from_list([json.loads(line) for line in f if line.strip()])
+    return datasets.Dataset.from_list(read_jsonl(path))  # a truncated file or bad row: an error naming it
 
 
 # ------------------------------------------------------------------------------------------------------ MBPP

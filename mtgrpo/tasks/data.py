@@ -21,6 +21,7 @@ import datasets
 
 from ..registry import _load_rewards_package
 from .code import CODE_SCHEMAS, load_code_dataset
+from .files import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ def load_task_dataset(
         logger.warning(
             "%s: skipped %d rows with no gold answer in column %r.", dataset_name, dropped, gold_column
         )
+    if not rows and not dropped:
+        raise ValueError(f"Dataset {dataset_name!r} (split {split!r}) has no rows. Pass a dataset with problems in it.")
     if dropped and not rows:
         raise ValueError(
             f"Dataset {dataset_name!r}: no row has a gold answer that dataset_schema {schema!r} can read from "
@@ -196,7 +199,17 @@ def _load_raw(dataset_name: str, split: str, dataset_config: str | None) -> data
     if path.is_file():
         if path.suffix not in _LOCAL_FORMATS:
             raise ValueError(f"Unsupported dataset file {path}: use one of {', '.join(_LOCAL_FORMATS)}.")
-        return datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        if path.suffix == ".jsonl":
+            read_jsonl(path)  # an empty file or a malformed row: an error naming the file and the line
+        elif path.stat().st_size == 0:
+            raise ValueError(f"Dataset file {path} is empty: it has no rows.")
+        try:
+            return datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        except datasets.exceptions.DatasetGenerationError as err:
+            raise ValueError(
+                f"Dataset file {path} cannot be read as {path.suffix} ({err.__cause__ or err}). Fix the file or "
+                "convert it to JSON Lines (one JSON object per line)."
+            ) from None
     if path.suffix in _LOCAL_FORMATS or dataset_name.startswith((".", "/", "~")):
         raise FileNotFoundError(
             f"Dataset file {path} does not exist (relative paths start from {Path.cwd()}). "

@@ -3,6 +3,8 @@
 Episodes run with scripted generations (no model) on the real SmolLM2 tokenizer; the KL tests build a tiny trainer.
 """
 
+import math
+
 import pytest
 import torch
 from scripted import spy_rollouts
@@ -51,14 +53,29 @@ def test_feedback_reward_improvement_hand_computed():
     r1 = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, float("nan"), 0.0, 0.0])
     rf = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 1.0, float("nan"), 1.0])
     adv = episode.advantages({"turn1": r1, "final": rf}, num_generations=4, scale="group")
-    # rf - r1, with 0 where either is unscorable (NaN)
+    # rf - r1, with 0 where only turn 1 is unscorable; an unscorable final answer (NaN) is left out of the group's
+    # baseline with advantage 0, as outcome credit and TRL do (issue 21, item 9)
     assert torch.allclose(adv["feedback"][:4], _norm([0.0, 1.0, 0.0, -1.0]))
-    assert torch.allclose(adv["feedback"][4:], _norm([0.0, 0.0, 0.0, 1.0]))
+    assert adv["feedback"][6] == 0.0
+    assert torch.allclose(adv["feedback"][[4, 5, 7]], _norm([0.0, 0.0, 1.0]))
     shown = episode.turn_rewards({"turn1": r1, "final": rf})["feedback"]
-    assert shown.tolist() == [0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]
+    assert torch.equal(torch.isnan(shown), torch.isnan(rf))
+    assert shown[[0, 1, 2, 3, 4, 5, 7]].tolist() == [0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 1.0]
     # The solver turns keep their credit (defaults w = 0, alpha = 0: both on rf).
     assert torch.allclose(adv["refine"][:4], _norm([1.0, 1.0, 0.0, 0.0]))
     assert torch.equal(adv["solve"], adv["refine"])
+
+
+def test_improvement_credit_leaves_unscorable_finals_out_of_the_baseline_like_outcome():
+    r1 = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    rf = torch.tensor([1.0, 1.0, float("nan"), float("nan")])
+    improvement = RefineEpisode(feedback_source="self", train_feedback=True, feedback_reward="improvement")
+    outcome = RefineEpisode(feedback_source="self", train_feedback=True, feedback_reward="outcome")
+    a_imp = improvement.advantages({"turn1": r1, "final": rf}, 4, "group")["feedback"]
+    a_out = outcome.advantages({"turn1": r1, "final": rf}, 4, "group")["feedback"]
+    assert a_imp[2:].tolist() == a_out[2:].tolist() == [0.0, 0.0]
+    # The baseline is the two scorable episodes' improvements (0 and 1), not a mean pulled down by two zeros.
+    assert torch.allclose(a_imp[:2], _norm([0.0, 1.0]))
 
 
 def test_outcome_is_the_default_feedback_reward():
@@ -84,6 +101,16 @@ def test_restating_a_right_first_answer_no_longer_scores_best_for_the_feedback_w
     # Improvement credit: fixing alone is best; restating earns what leaving a wrong answer wrong earns.
     assert a_imp[fix] == a_imp.max() and a_imp[restate] < a_imp[fix]
     assert torch.isclose(a_imp[restate], a_imp[stay_wrong]) and a_imp[breaks] == a_imp.min()
+
+
+def test_improvement_credit_is_refused_for_plan_episodes():
+    # Issue 21, item 11: a plan comes before any answer, so R(final) - R(turn 1) was silently ignored.
+    with pytest.raises(ValueError, match=r"feedback_reward=improvement.*episode 'plan'.*feedback_reward: outcome"):
+        _config(episode="plan", feedback_source="self", train_feedback=True, feedback_reward="improvement")
+    with pytest.raises(ValueError, match=r"feedback_reward=improvement.*episode 'plan'"):
+        _config(episode="plan", feedback_source="model", feedback_model_name_or_path="m", train_feedback_model=True,
+                feedback_temperature=1.0, feedback_reward="improvement")  # fmt: skip
+    assert _config(episode="plan", feedback_source="self", train_feedback=True).feedback_reward == "outcome"
 
 
 def test_feedback_reward_config_errors():
@@ -475,3 +502,42 @@ def test_score_recipe_trains_with_its_turn1_kl(tiny_model_dir, tmp_path):
     logs = [entry for entry in trainer.state.log_history if "score/stage" in entry]
     assert [entry["score/stage"] for entry in logs] == [1.0, 2.0]
     assert "turn_kl/kl" in logs[0] and "turn_kl/kl" not in logs[1]  # only stage I's turn 1 carries a coefficient
+
+
+def _overflow_kl_where(inputs, where: torch.Tensor) -> dict:
+    """The batch with a reference log-prob so far above the policy's on `where` that the k3 KL overflows to inf."""
+    ref = inputs["ref_per_token_logps"].clone()
+    ref[where] = 1.0e4
+    return {**inputs, "ref_per_token_logps": ref}
+
+
+def test_turn_kl_zero_coefficient_on_an_overflowing_token_is_not_nan(tiny_model_dir, tmp_path):
+    # Issue 21, item 13: coef * kl * mask gave 0 * inf = NaN on refine tokens (coefficient 0) and padded tokens.
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, feedback_source="template", turn_kl={"solve": 0.5})
+    inputs, rollouts = _kl_batch(trainer)
+    width = inputs["completion_ids"].size(1)
+    refine = _credit_mask(rollouts, width, "refine")
+    padded = inputs["completion_mask"] == 0
+    assert refine.any()
+    for where in (refine, padded) if padded.any() else (refine,):
+        loss = trainer._compute_loss(trainer.model, _overflow_kl_where(inputs, where))
+        assert torch.isfinite(loss), loss
+    assert all(map(math.isfinite, trainer._metrics["train"]["turn_kl/kl"]))
+
+
+def test_turn_kl_batch_without_a_positive_coefficient_builds_no_kl_term(tiny_model_dir, tmp_path):
+    # A batch whose tokens all have coefficient 0 (e.g. SCoRe stage II with turn_kl only on solve_stage1): TRL's loss,
+    # bit for bit, even where the KL overflows.
+    from trl import GRPOTrainer
+
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, feedback_source="template", turn_kl={"solve": 0.5})
+    inputs, _ = _kl_batch(trainer)
+    inputs = _overflow_kl_where({**inputs, "turn_kl_coef": torch.zeros_like(inputs["turn_kl_coef"])},
+                                torch.ones_like(inputs["completion_mask"], dtype=torch.bool))  # fmt: skip
+    for loss_type in LOSS_TYPES:
+        trainer.loss_type = loss_type
+        torch.manual_seed(0)
+        ours = trainer._compute_loss(trainer.model, inputs)
+        torch.manual_seed(0)
+        todays = GRPOTrainer._compute_loss(trainer, trainer.model, inputs)
+        assert torch.equal(ours, todays), loss_type

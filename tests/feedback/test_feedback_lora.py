@@ -219,3 +219,24 @@ def test_feedback_lora_is_refused_under_deepspeed_zero3(tiny_model_dir, tmp_path
         check_adapter_setup(args, model, accelerator)
     plugin.zero_stage = 2
     check_adapter_setup(args, model, accelerator)  # ZeRO-2 keeps whole weights on every process: fine
+    # FSDP shards the weights like ZeRO-3 (issue 21, item 16): refused too (AcceleratorState.fsdp_plugin).
+    fsdp = SimpleNamespace(device=torch.device("cpu"), state=SimpleNamespace(deepspeed_plugin=None, fsdp_plugin=object()))
+    with pytest.raises(ValueError, match="not supported with FSDP"):
+        check_adapter_setup(args, model, accelerator=fsdp)
+
+
+def test_bilevel_docs_agree_with_the_hlt_llt_rr_1_15_ratio():
+    # Issue 21, item 16: HLT_LLT_RR_1_15 is 1 feedback update per 15 solver updates; the value and the text agree.
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    assert yaml.safe_load((root / "recipes/llama-3.2-1b-instruct/math-bilevel.yaml").read_text())[
+        "feedback_update_interval"] == 15  # fmt: skip
+    for path in ["README.md", "docs/feedback_model.md", "mtgrpo/config.py", "recipes/llama-3.2-1b-instruct/math-bilevel.yaml"]:
+        text = " ".join((root / path).read_text().split())
+        for match in re.finditer("HLT_LLT_RR_1_15", text):
+            near = text[max(0, match.start() - 200) : match.end() + 200]
+            assert not re.search(r"\b16 (solver|=)|= 16\b|16th|per 16 solver", near), (path, near)

@@ -410,3 +410,72 @@ def test_one_training_step_with_an_in_process_frozen_feedback_model(tiny_model_d
     assert entry["feedback/improvement"] == entry["self_correction/incorrect_to_correct"]  # right after wrong
     record = json.loads((tmp_path / "episodes" / "step_000000.jsonl").read_text().splitlines()[0])
     assert [t["policy"] for t in record["turns"]] == ["solver", "feedback", "solver"]
+
+
+# ---- issue 21, item 14: a feedback turn stops at the feedback template's end-of-turn id -----------------------------
+
+
+def _base_eos_model(tiny_feedback_model_dir, tmp_path):
+    """The tiny feedback model with a base model's EOS (<|endoftext|>) that is not its template's end of turn."""
+    import shutil
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = tmp_path / "base-eos"
+    shutil.copytree(tiny_feedback_model_dir, path)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.eos_token = "<|endoftext|>"
+    tok.save_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    config.eos_token_id = tok.eos_token_id
+    config.save_pretrained(path)
+    (path / "generation_config.json").unlink(missing_ok=True)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert end != tok.eos_token_id
+    return path, tok, end
+
+
+def test_in_process_feedback_stops_at_the_end_of_turn_when_eos_differs(tiny_feedback_model_dir, tmp_path):
+    from mtgrpo.feedback.model import TransformersFeedbackModel
+
+    path, tok, end = _base_eos_model(tiny_feedback_model_dir, tmp_path)
+    model = TransformersFeedbackModel(str(path), device="cpu", max_new_tokens=8)
+    assert end in model.stops
+    header = tok("<|im_start|>system\nYou", add_special_tokens=False)["input_ids"]
+    reply = tok("The answer is 19.", add_special_tokens=False)["input_ids"]
+    calls = []
+
+    def generate(input_ids, attention_mask=None, **kwargs):  # what a model runs on to without the stop
+        calls.append(kwargs)
+        tail = torch.tensor([reply + [end] + header] * input_ids.size(0))
+        return torch.cat([input_ids, tail], dim=1)
+
+    model.model.generate = generate
+    (sample,) = model.sample([[{"role": "user", "content": "What is 12 + 7?"}]])
+    assert end in calls[0]["eos_token_id"]  # generation itself stops there
+    assert sample.completion_ids == reply + [end] and sample.text == "The answer is 19."
+
+
+def test_feedback_server_requests_carry_the_end_of_turn_stop(tiny_feedback_model_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from mtgrpo.feedback.model import TransformersFeedbackModel
+    from mtgrpo.feedback.training import FeedbackPolicy
+
+    path, tok, end = _base_eos_model(tiny_feedback_model_dir, tmp_path)
+    backend = TransformersFeedbackModel(str(path), device="cpu", max_new_tokens=8)
+    header = tok("<|im_start|>system\nYou", add_special_tokens=False)["input_ids"]
+    reply = tok("The answer is 19.", add_special_tokens=False)["input_ids"]
+    requests = []
+
+    class Client:  # TRL's VLLMClient.generate, as a vLLM server without the stop answers
+        def generate(self, prompts, **kwargs):
+            requests.append(kwargs)
+            return {"completion_ids": [reply + [end] + header for _ in prompts]}
+
+    policy = FeedbackPolicy.__new__(FeedbackPolicy)
+    policy.backend, policy.client = backend, Client()
+    policy.args = SimpleNamespace(feedback_temperature=1.0, feedback_max_new_tokens=8, feedback_server_url="http://x")
+    (sample,) = policy.sample([[{"role": "user", "content": "What is 12 + 7?"}]])
+    assert end in requests[0]["generation_kwargs"]["stop_token_ids"]
+    assert sample.completion_ids == reply + [end] and "system" not in sample.text

@@ -25,6 +25,7 @@ SUBPROCESS_ENV = {
     **{k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"},
     "PYTHONPATH": str(REPO),
     "HF_HUB_OFFLINE": "1",
+    "PYTHON": sys.executable,  # train.sh runs ${PYTHON:-python}: the interpreter under test, with mtgrpo's dependencies
 }
 
 
