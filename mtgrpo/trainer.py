@@ -284,10 +284,10 @@ def build_trainer(script_args, training_args, model_args, trainer_cls=None):
 
     `trainer_cls` (default MultiTurnGRPOTrainer) lets a benchmark build TRL's plain GRPOTrainer from the same recipe.
     """
+    from pathlib import Path
+
     from transformers import AutoTokenizer
     from trl import get_peft_config
-
-    from pathlib import Path
 
     from .episodes import episode_reward_columns
     from .models import check_model_path, resolve_model_path
