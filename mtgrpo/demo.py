@@ -1,12 +1,13 @@
 """The CPU demo: evaluate the bundled model, train it with the demo recipe, evaluate again.
 
-    mtgrpo demo [--config recipes/smollm2-135m-instruct/arithmetic-score.yaml] [--field value ...]
+    mtgrpo demo [--config recipes/smollm2-135m-instruct/arithmetic-calculator.yaml] [--field value ...]
 
-The default recipe is SCoRe: in benchmarks/learning_race.py the multi-turn variant with the best final accuracy,
-within one problem of the best Δ (MuTIS's, whose gain is deferred answers; see the README).
+The default recipe is tool use where the tool carries what the model lacks: two-digit products with the `calculator`
+tool and MT-GRPO turn credit (the model learns to call the calculator by itself; evaluation gives it no help). The
+SCoRe, checker and refine demos run with --config recipes/smollm2-135m-instruct/arithmetic-{score,checker,refine}.yaml.
 
-Prints turn-1 and final-turn accuracy on the held-out arithmetic split before and after training, and writes
-them to OUTPUT_DIR/demo_results.json.
+Prints per-turn accuracy (and tool-call / checker figures) on the recipe's held-out split before and after
+training, and writes them to OUTPUT_DIR/demo_results.json.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_RECIPE = "recipes/smollm2-135m-instruct/arithmetic-score.yaml"
+DEFAULT_RECIPE = "recipes/smollm2-135m-instruct/arithmetic-calculator.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:

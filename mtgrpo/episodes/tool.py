@@ -105,7 +105,9 @@ class ToolEpisode:
             # consecutive copies holds its share (rate 0.5: every other episode).
             rate = self.call_prefix_rate if self.call_prefix else 0.0
             for i, rollout in enumerate(rollouts):
-                _state(rollout)["prefix"] = self.call_prefix if int((i + 1) * rate) > int(i * rate) else ""
+                prefixed = int((i + 1) * rate) > int(i * rate)
+                # "prefix": what the current turn starts with (read by after_turn); "prefixed": kept for the metrics
+                _state(rollout).update(prefix=self.call_prefix if prefixed else "", prefixed=prefixed)
 
     def __post_init__(self):
         if self.protocol not in ("text", "native", "auto"):
@@ -288,7 +290,7 @@ class ToolEpisode:
         out = {"tools/calls_per_episode": [s["tool_calls"] for s in states], "tools/success_rate": per_call}
         if self.call_prefix:
             # Did the policy open a call by itself? (episodes that did not get tool_call_prefix)
-            out["tools/calls_without_prefix"] = [float(s["tool_calls"] > 0) for s in states if not s.get("prefix")]
+            out["tools/calls_without_prefix"] = [float(s["tool_calls"] > 0) for s in states if not s.get("prefixed")]
         out.update({f"tools/errors/{kind}": [s["tool_errors"][kind] for s in states] for kind in ERROR_KINDS})
         return out
 

@@ -148,7 +148,8 @@ def summarize(records: list[dict]) -> dict[str, float]:
             pooled.setdefault(f"tokens/{t['role']}/mean", []).append(t["tokens"])
         for name, values in r.get("episode_metrics", {}).items():
             pooled.setdefault(name, []).extend(values)
-    metrics.update({name: sum(values) / len(values) for name, values in pooled.items()})
+    # A per-event metric with no event (tools/success_rate when no episode called a tool) is left out, not 0/0.
+    metrics.update({name: sum(values) / len(values) for name, values in pooled.items() if values})
     if records[0].get("samples"):
         k = len(records[0]["samples"])
         for key in records[0]["correct"]:

@@ -61,3 +61,21 @@ def test_train_one_step_on_the_bundled_model(tmp_path):
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     record = json.loads((out / "episodes" / "step_000000.jsonl").read_text().splitlines()[0])
     assert [t["role"] for t in record["turns"]] == ["solver", "feedback", "solver"]
+
+
+@pytest.mark.slow
+def test_demo_runs_the_calculator_recipe_end_to_end(tmp_path):
+    # The default demo (no --config): eval without help, one training step with the call prefix, eval again.
+    out = tmp_path / "demo"
+    result = mtgrpo(
+        "demo", "--max_steps", "1", "--output_dir", str(out), "--num_test_examples", "4",
+        "--per_device_train_batch_size", "4", "--num_generations", "4", "--episode_log_steps", "1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "demo_results.json").read_text())
+    assert "arithmetic-calculator.yaml" in " ".join(results["recipe"])
+    assert {"turns/final/accuracy", "tools/calls_per_episode"} <= set(results["after"])
+    assert "calls per episode" in result.stdout
+    record = json.loads((out / "episodes" / "step_000000.jsonl").read_text().splitlines()[0])
+    roles = [t["role"] for t in record["turns"]]
+    assert roles[0] in ("prefix", "solver") and "solver" in roles

@@ -180,3 +180,13 @@ def test_eval_cli_on_the_bundled_model(tmp_path):
     assert "| accuracy after the final turn (`turns/final/accuracy`) |" in (out / "results.md").read_text()
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(records) == 4 and all(r["problem"].startswith("What is") for r in records)
+
+
+def test_a_metric_with_no_events_is_left_out_not_divided_by_zero():
+    from mtgrpo.evaluation.evaluate import summarize
+
+    # A tool protocol where no problem led to a call: the per-call success rate has nothing to average.
+    records = [{"correct": {"final": False}, "turns": [], "episode_metrics": {"tools/success_rate": [],
+                                                                              "tools/calls_per_episode": [0]}}]
+    metrics = summarize(records)
+    assert metrics["tools/calls_per_episode"] == 0 and "tools/success_rate" not in metrics
