@@ -10,7 +10,7 @@ from collections.abc import Callable
 from ._text import completion_text
 from .code_exec import code_all_tests_passed, code_tests_passed, extract_program, make_code_reward
 from .math_answer import extract_final_answer, format_reward, last_boxed, math_answer_correct
-from .tools import tool_call_success
+from .tools import environment_reward, tool_call_success
 from .triviaqa import (
     triviaqa_answer_contains,
     triviaqa_answer_mentioned,
@@ -38,6 +38,7 @@ REWARD_FUNCS: dict[str, Callable] = {
         code_tests_passed,
         code_all_tests_passed,
         tool_call_success,
+        environment_reward,
     )
 }
 
@@ -50,6 +51,7 @@ __all__ = [
     "extract_program",
     "format_reward",
     "last_boxed",
+    "environment_reward",
     "make_code_reward",
     "tool_call_success",
     "math_answer_correct",

@@ -17,3 +17,16 @@ def tool_call_success(completions, tool_calls=None, tool_successes=None, **kwarg
 
 
 tool_call_success.reward_level = "turn"
+
+
+def environment_reward(completions, environment_reward=None, **kwargs) -> list[float | None]:
+    """Outcome level: what the episode's TRL environment says of it (`get_reward()`, environment_factory)."""
+    if environment_reward is None:
+        raise ValueError(
+            "environment_reward scores episodes of an environment_factory class with get_reward(): set "
+            "environment_factory (episode: tool), or remove environment_reward from reward_funcs."
+        )
+    return list(environment_reward)
+
+
+environment_reward.reward_level = "outcome"

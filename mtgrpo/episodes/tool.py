@@ -68,11 +68,14 @@ class ToolEpisode:
     turn_advantage_coef: float = 1.0
     native: bool = field(default=False, init=False)  # resolved by bind(): the protocol actually in use
     # The per-episode columns reward_kwargs hands the reward functions (checked against their parameters at start).
-    reward_columns: ClassVar[tuple[str, ...]] = ("tool_calls", "tool_successes", "first_result", "assistant_turns")
+    reward_columns: ClassVar[tuple[str, ...]] = (
+        "tool_calls", "tool_successes", "first_result", "assistant_turns", "environment_reward"
+    )
 
     call_prefix: str = ""  # tool_call_prefix: written for the policy at the start of its first turn
     call_prefix_rate: float = 1.0  # share of episodes that get it, spread evenly over the batch
     call_prefix_trained: bool = False  # its tokens trained with the turn's credit (guided rollouts)
+    environment: type | None = None  # environment_factory: a TRL environment class, one instance per episode
 
     @classmethod
     def from_config(cls, args) -> ToolEpisode:
@@ -82,8 +85,17 @@ class ToolEpisode:
         def wiki_search():
             return build_wiki_search(args.search_backend, args.search_corpus, args.search_top_k, args.search_max_chars)
 
+        environment = None
+        if args.environment_factory:
+            from ..tasks.environments import environment_tools, load_environment
+
+            environment = load_environment(args.environment_factory)
+            tools = environment_tools(environment())  # for the schemas; each episode calls its own instance's
+        else:
+            tools = resolve_tools(args.tools if args.tools is not None else ["wiki_search"], wiki_search)
         return cls(
-            tools=resolve_tools(args.tools if args.tools is not None else ["wiki_search"], wiki_search),
+            environment=environment,
+            tools=tools,
             max_tool_calls=args.max_tool_calls,
             tool_timeout=args.tool_timeout,
             protocol=args.tool_protocol,
@@ -96,10 +108,18 @@ class ToolEpisode:
 
     @property
     def shared_first_context(self) -> bool:
-        """Copies of a prompt start from the same context unless only some of them get the prefix."""
-        return not (self.call_prefix and 0.0 < self.call_prefix_rate < 1.0)
+        """Copies of a prompt start from the same context unless only some of them get the prefix, or each has an
+        environment whose reset() may say something different."""
+        return self.environment is None and not (self.call_prefix and 0.0 < self.call_prefix_rate < 1.0)
 
     def prepare_turn(self, rollouts: list[Rollout], turn_index: int) -> None:
+        if turn_index == 0 and self.environment is not None:
+            from ..tasks.environments import environment_tools, reset_environment
+
+            for rollout in rollouts:
+                env = self.environment()
+                state = _state(rollout)
+                state.update(env=env, tools=environment_tools(env), opening=reset_environment(env, state.get("row")))
         if turn_index == 0:
             # An even spread: episode i gets the prefix when floor((i + 1) * rate) > floor(i * rate), so each group of
             # consecutive copies holds its share (rate 0.5: every other episode).
@@ -142,8 +162,10 @@ class ToolEpisode:
         if turn_index == 0:
             prefix = _state(rollout).setdefault("prefix", "")  # set by prepare_turn
             # becomes pre_tool if this turn calls a tool
+            opening = _state(rollout).get("opening")  # an environment's reset() text, shown before the first turn
             return TurnSpec(
-                role="solver", credit="no_tool", response_prefix=prefix or None, prefix_trained=self.call_prefix_trained
+                role="solver", credit="no_tool", response_prefix=prefix or None, prefix_trained=self.call_prefix_trained,
+                message=opening or None,
             )
         pending = _state(rollout).pop("pending")  # after_turn ends the episode when there is none
         _state(rollout)["prefix"] = ""
@@ -174,7 +196,8 @@ class ToolEpisode:
                 rollout.segments.append(Segment(role="user", ids=[self._chat.end_of_turn_id], trained=False))
             return
         results = [
-            c if isinstance(c, ToolResult) else call_tool(self.tools, *c, self.tool_timeout) for c in calls
+            c if isinstance(c, ToolResult) else call_tool(state.get("tools", self.tools), *c, self.tool_timeout)
+            for c in calls
         ]
         state["tool_turns"] += 1
         for result in results:
@@ -260,6 +283,8 @@ class ToolEpisode:
             # The first successful result; error texts could echo the query, so they never count as a result.
             "first_result": [s["results"][0] if s["results"] else None for s in states],
             "assistant_turns": [[seg.text for seg in r.turns("solver")] for r in rollouts],
+            # environment_factory: get_reward() of each episode's environment (None without one)
+            "environment_reward": [_environment_reward(s) for s in states],
         }
 
     def turn_rewards(self, rewards: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -300,6 +325,19 @@ def _state(rollout: Rollout) -> dict:
     if "tool_calls" not in rollout.state:
         rollout.state.update(tool_turns=0, tool_calls=0, tool_successes=0, tool_errors=Counter(), results=[])
     return rollout.state
+
+
+def _environment_reward(state: dict) -> float | None:
+    if "env" not in state:
+        return None
+    from ..tasks.environments import environment_reward
+
+    if "environment_reward" not in state:  # asked once per episode, however many reward functions read it
+        try:
+            state["environment_reward"] = environment_reward(state["env"])
+        except Exception:  # an environment failing to score one episode leaves it unscored, as TRL does with None
+            state["environment_reward"] = None
+    return state["environment_reward"]
 
 
 def _native_call(call: dict) -> tuple[str, dict] | ToolResult:
