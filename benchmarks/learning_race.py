@@ -1,7 +1,7 @@
 """Learning race: plain one-turn GRPO against each multi-turn protocol, at the same wall-clock training budget.
 
-    python benchmarks/learning_race.py [--budget-minutes 5] [--variants plain,template,self,score,mutis]
-                                       [--output-dir runs/learning_race] [--rerun]
+    python benchmarks/learning_race.py [--task arithmetic|calculator] [--budget-minutes 5] [--seeds N]
+                                       [--variants plain,template,...] [--output-dir runs/learning_race] [--rerun]
 
 Every run trains the bundled SmolLM2-135M-Instruct on the demo's procedural arithmetic, from the same recipe values
 (data, rewards, batch, group size, sampling temperature, learning rate, completion length, seed: the race checks
@@ -22,7 +22,16 @@ Variants (name: trainer, recipe, evaluation protocol):
               (arithmetic-score.yaml; the recipe's stage-I share of its steps, 5 of 10, is kept as a share of the
               time budget: stage II starts at the step boundary nearest to half the budget)
     mutis     MuTIS interventions: a turn without a stated answer gets "give your final answer" (arithmetic-mutis.yaml)
+    checker   refine, the `arithmetic` checker writes the feedback (arithmetic-refine.yaml values)
 Multi-turn variants are evaluated with their own protocol.
+
+--task calculator races tool use on two-digit products (arithmetic-calculator.yaml values; 200 held-out problems,
+evaluated with the calculator available and never the call prefix):
+    plain         TRL's GRPOTrainer, one turn, no tool (outcome reward only)
+    trl-tools     TRL's GRPOTrainer(tools=[calculator]): TRL's own tool loop, one advantage per episode
+    tool-outcome  mtgrpo's tool episode, outcome credit only (advantage_mode grpo_or)
+    tool-mtgrpo   mtgrpo's tool episode, MT-GRPO turn credit
+--seeds N repeats every run with seeds seed, seed+1, ...; the table shows the mean ± half the range.
 
 Prints one table (steps done, training minutes, turn-1 and final accuracy, Δ, Δ^{i→c}, Δ^{c→i}) and writes it to
 OUTPUT_DIR/race_table.md. Each run trains in its own fresh Python process, and its result goes to

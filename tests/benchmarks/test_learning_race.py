@@ -107,3 +107,35 @@ def test_table_and_verdict_come_from_the_rows(race):
     verdict = race.verdict(rows)
     assert "Best at teaching correction (largest final - turn 1): template" in verdict
     assert "Best multi-turn final accuracy 0.550 (template) vs plain GRPO 0.600: target missed (-0.050)" in verdict
+
+
+def test_calculator_task_variants_share_the_race_values(race, tmp_path):
+    parsed = {v: race.recipe_args(v, tmp_path, "calculator") for v in race.CALCULATOR_VARIANTS}
+    race.check_shared_values(parsed, race.TASK_FREE_FIELDS["calculator"])
+    assert parsed["tool-outcome"][1].advantage_mode == "grpo_or" and parsed["tool-mtgrpo"][1].advantage_mode == "mt_grpo"
+    assert parsed["plain"][0].reward_funcs == ["math_answer_correct"]  # TRL's trainer has no tool counters
+    assert race.eval_protocol("plain", "calculator") == race.eval_protocol("trl-tools", "calculator") == "tool-mtgrpo"
+    seed1 = race.recipe_args("tool-mtgrpo", tmp_path, "calculator", seed_index=1)[1]
+    assert seed1.seed == parsed["tool-mtgrpo"][1].seed + 1 and seed1.output_dir.endswith("tool-mtgrpo/seed-1")
+
+
+def test_seeds_are_aggregated_as_mean_and_half_range(race):
+    rows = [{"variant": "tool-mtgrpo", "steps": 10, "train_minutes": 3.0, "turns/final/accuracy": 1.0},
+            {"variant": "tool-mtgrpo", "steps": 8, "train_minutes": 2.8, "turns/final/accuracy": 0.8}]
+    row = race.aggregate(rows)
+    assert row["turns/final/accuracy"] == pytest.approx(0.9) and row["turns/final/accuracy/spread"] == pytest.approx(0.1)
+    assert row["seeds"] == 2 and "0.900 ± 0.100" in race.format_table([row])
+
+
+def test_calculator_verdict_states_each_target_and_its_margin(race):
+    rows = {"plain": {"turns/final/accuracy": 0.01}, "tool-outcome": {"turns/final/accuracy": 0.9},
+            "tool-mtgrpo": {"turns/final/accuracy": 0.85}}
+    verdict = race.calculator_verdict(rows)
+    assert "vs plain + 0.20: met (0.850 vs 0.210, +0.640)" in verdict
+    assert "vs tool-outcome: missed (0.850 vs 0.900, -0.050)" in verdict
+    assert "vs trl-tools: not run (or failed)" in verdict
+
+
+def test_seeds_must_be_positive():
+    result = run_race("--seeds", "0")
+    assert result.returncode == 2 and "--seeds must be >= 1" in result.stderr
