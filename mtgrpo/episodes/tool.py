@@ -87,10 +87,9 @@ class ToolEpisode:
 
         environment = None
         if args.environment_factory:
-            from ..tasks.environments import environment_tools, load_environment
+            from ..tasks.environments import load_environment
 
-            environment = load_environment(args.environment_factory)
-            tools = environment_tools(environment())  # for the schemas; each episode calls its own instance's
+            environment, tools = load_environment(args.environment_factory)
         else:
             tools = resolve_tools(args.tools if args.tools is not None else ["wiki_search"], wiki_search)
         return cls(

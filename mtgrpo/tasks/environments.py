@@ -18,8 +18,9 @@ from .toolbox import check_tool, import_object
 RESERVED = ("reset", "get_reward")
 
 
-def load_environment(path: str) -> type:
-    """The class at `path`, checked as TRL's environment_factory would use it; errors name the recipe field."""
+def load_environment(path: str) -> tuple[type, dict[str, Callable]]:
+    """The class at `path`, checked as TRL's environment_factory would use it (errors name the recipe field), and
+    the tools of the instance it was checked on (their schemas; each episode calls its own instance's)."""
     factory = import_object(path, "environment_factory")
     if not inspect.isclass(factory):
         raise ValueError(f"environment_factory: {path!r} is a {type(factory).__name__}, not a class with reset() and "
@@ -32,12 +33,13 @@ def load_environment(path: str) -> type:
     except Exception as err:
         raise ValueError(f"environment_factory: {path!r} cannot be created with no arguments: "
                          f"{type(err).__name__}: {err}.") from err
-    if not environment_tools(probe):
+    tools = environment_tools(probe)
+    if not tools:
         raise ValueError(f"environment_factory: {path!r} has no public methods besides reset/get_reward: it offers "
                          "the policy no tool.")
-    for name, method in environment_tools(probe).items():
+    for name, method in tools.items():
         check_tool(method, f"{path}.{name}")
-    return factory
+    return factory, tools
 
 
 def environment_tools(env) -> dict[str, Callable]:

@@ -441,19 +441,12 @@ def test_turn_kl_gradient_reaches_turn1_tokens_only(tiny_model_dir, tmp_path):
 
 
 def test_zero_turn_kl_is_todays_loss_bit_for_bit(tiny_model_dir, tmp_path):
-    from trl import GRPOTrainer
 
     trainer = _tiny_trainer(tiny_model_dir, tmp_path, feedback_source="template", turn_kl={"solve": 0.0, "refine": 0.0})
     assert trainer.ref_model is None  # nothing to compute: no reference model is built
     inputs, _ = _kl_batch(trainer, perturb=False)
     assert "turn_kl_coef" not in inputs and "ref_per_token_logps" not in inputs
-    for loss_type in LOSS_TYPES:
-        trainer.loss_type = loss_type
-        torch.manual_seed(0)
-        ours = trainer._compute_loss(trainer.model, inputs)
-        torch.manual_seed(0)
-        todays = GRPOTrainer._compute_loss(trainer, trainer.model, inputs)
-        assert torch.equal(ours, todays), loss_type
+    _assert_loss_is_trls(trainer, inputs)
 
 
 @pytest.mark.parametrize("bias_correction", [False, True])
@@ -504,6 +497,19 @@ def test_score_recipe_trains_with_its_turn1_kl(tiny_model_dir, tmp_path):
     assert "turn_kl/kl" in logs[0] and "turn_kl/kl" not in logs[1]  # only stage I's turn 1 carries a coefficient
 
 
+def _assert_loss_is_trls(trainer, inputs) -> None:
+    """For every loss type, our loss equals TRL's own on the same inputs, bit for bit."""
+    from trl import GRPOTrainer
+
+    for loss_type in LOSS_TYPES:
+        trainer.loss_type = loss_type
+        torch.manual_seed(0)
+        ours = trainer._compute_loss(trainer.model, inputs)
+        torch.manual_seed(0)
+        todays = GRPOTrainer._compute_loss(trainer, trainer.model, inputs)
+        assert torch.equal(ours, todays), loss_type
+
+
 def _overflow_kl_where(inputs, where: torch.Tensor) -> dict:
     """The batch with a reference log-prob so far above the policy's on `where` that the k3 KL overflows to inf."""
     ref = inputs["ref_per_token_logps"].clone()
@@ -528,16 +534,9 @@ def test_turn_kl_zero_coefficient_on_an_overflowing_token_is_not_nan(tiny_model_
 def test_turn_kl_batch_without_a_positive_coefficient_builds_no_kl_term(tiny_model_dir, tmp_path):
     # A batch whose tokens all have coefficient 0 (e.g. SCoRe stage II with turn_kl only on solve_stage1): TRL's loss,
     # bit for bit, even where the KL overflows.
-    from trl import GRPOTrainer
 
     trainer = _tiny_trainer(tiny_model_dir, tmp_path, feedback_source="template", turn_kl={"solve": 0.5})
     inputs, _ = _kl_batch(trainer)
     inputs = _overflow_kl_where({**inputs, "turn_kl_coef": torch.zeros_like(inputs["turn_kl_coef"])},
                                 torch.ones_like(inputs["completion_mask"], dtype=torch.bool))  # fmt: skip
-    for loss_type in LOSS_TYPES:
-        trainer.loss_type = loss_type
-        torch.manual_seed(0)
-        ours = trainer._compute_loss(trainer.model, inputs)
-        torch.manual_seed(0)
-        todays = GRPOTrainer._compute_loss(trainer, trainer.model, inputs)
-        assert torch.equal(ours, todays), loss_type
+    _assert_loss_is_trls(trainer, inputs)
