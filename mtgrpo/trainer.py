@@ -12,7 +12,8 @@ What is overridden, and why (everything else — losses, KL, vLLM weight sync, l
 - `_generate_and_score_completions`: replaces the (B,) advantages with (B, T) per-turn advantages (also in the
   completions table), logs the per-turn metrics and writes episode transcripts;
 - `_compute_loss` (only with a positive `turn_kl` coefficient, mtgrpo/turn_kl.py): adds a per-credit-key KL term
-  on TRL's own reference log-probs and per-token KL;
+  on TRL's own reference log-probs and per-token KL; for SCoRe (mtgrpo/score_stages.py) it first takes the credit
+  and mask of the stage of the optimizer step being trained;
 - checkpoint save / load and `save_model` (only with `train_feedback_model`, mtgrpo/feedback_training.py): also the
   feedback policy's weights, optimizer and update count.
 """
@@ -34,15 +35,16 @@ from .episodes import build_episode, run_episodes
 from .feedback.training import FeedbackPolicyMixin
 from .history import LogHistoryCallback
 from .metrics import self_correction_metrics
+from .score_stages import ScoreStageMixin
 from .transcripts import episode_records, write_transcripts
 from .turn_kl import TurnKLMixin
 
 logger = logging.getLogger(__name__)
 
 
-# TurnKLMixin: per-credit-key KL (`turn_kl`), mtgrpo/turn_kl.py; FeedbackPolicyMixin: bi-level training
-# (`train_feedback_model`), mtgrpo/feedback_training.py.
-class MultiTurnGRPOTrainer(FeedbackPolicyMixin, TurnKLMixin, GRPOTrainer):
+# TurnKLMixin: per-credit-key KL (`turn_kl`), mtgrpo/turn_kl.py; ScoreStageMixin: SCoRe's stage per optimizer step,
+# mtgrpo/score_stages.py; FeedbackPolicyMixin: bi-level training (`train_feedback_model`), mtgrpo/feedback/training.py.
+class MultiTurnGRPOTrainer(FeedbackPolicyMixin, ScoreStageMixin, TurnKLMixin, GRPOTrainer):
     """GRPO over multi-turn episodes. Takes GRPOTrainer's arguments plus an optional `episode` object
     (default: the protocol named by `args.episode`)."""
 
@@ -202,6 +204,8 @@ class MultiTurnGRPOTrainer(FeedbackPolicyMixin, TurnKLMixin, GRPOTrainer):
         local_adv = {k: v[start : start + len(inputs)].cpu() for k, v in global_adv.items()}
         width = output["completion_ids"].size(1)
         output["advantages"] = token_advantages(self._rollouts, local_adv, width).to(device)
+        if mode == "train":  # a batch sampled in SCoRe's stage I may be trained in stage II (mtgrpo/score_stages.py)
+            self._add_stage2_view(output, rewards, start, len(inputs), num_generations)
         self._collect_feedback_samples(self._rollouts, local_adv)
         self._log_turn_advantages(local_adv)
         self._log_turn_metrics(mode, device)

@@ -17,6 +17,7 @@ LAYERS = {
     "mtgrpo.chat": 0,
     "mtgrpo.advantages": 0,
     "mtgrpo.turn_kl": 0,
+    "mtgrpo.score_stages": 0,
     "mtgrpo.transcripts": 0,
     "mtgrpo.models": 0,
     "mtgrpo.registry": 0,

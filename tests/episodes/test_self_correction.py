@@ -263,6 +263,105 @@ def test_trainer_switches_score_stage_by_global_step(tiny_model_dir, tmp_path):
     assert trainer._metrics["train"]["score/stage"] == [1.0, 2.0]
 
 
+def _trl_loss_inputs(monkeypatch) -> list[tuple[int, dict]]:
+    """Record (optimizer step, inputs) of every call of TRL's own `_compute_loss`: what TRL's loss really trains on."""
+    from trl import GRPOTrainer
+
+    seen, original = [], GRPOTrainer._compute_loss
+
+    def record(self, model, inputs):
+        seen.append((self.state.global_step, {k: v for k, v in inputs.items()}))
+        return original(self, model, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", record)
+    return seen
+
+
+def _turn1_mask(rollouts, width):
+    out = torch.zeros(len(rollouts), width, dtype=torch.bool)
+    for b, rollout in enumerate(rollouts):
+        pos, first = 0, rollout.turns("solver")[0]
+        for seg in rollout.segments:
+            if seg is first:
+                out[b, pos : pos + len(seg.ids)] = True
+            pos += len(seg.ids)
+    return out
+
+
+def _group_normalized(rewards: torch.Tensor, n: int) -> torch.Tensor:
+    grouped = rewards.view(-1, n)
+    return ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1)
+
+
+def _rollout_of_each_row(inputs, rollouts) -> list[int]:
+    """For each row of a (shuffled, split) micro-batch, the index of its rollout (same prompt, same completion)."""
+    out = []
+    for prompt, keep, ids in zip(inputs["prompt_ids"].tolist(), inputs["prompt_mask"].tolist(),
+                                 inputs["completion_ids"].tolist(), strict=True):  # fmt: skip
+        prompt = [t for t, k in zip(prompt, keep, strict=True) if k]
+        matches = [b for b, r in enumerate(rollouts)
+                   if r.prompt_ids == prompt and ids[: len(r.completion_ids())] == r.completion_ids()]  # fmt: skip
+        assert matches, "a trained row that is no rollout of the batch"
+        out.append(matches[0])  # identical episodes of one group have identical rewards and advantages
+    return out
+
+
+@pytest.mark.parametrize("reuse", [{"num_iterations": 2}, {"steps_per_generation": 2}])
+def test_score_stage_of_a_reused_batch_is_the_stage_of_the_step_that_trains_it(tiny_model_dir, tmp_path, monkeypatch,
+                                                                               reuse):  # fmt: skip
+    """ONE generation, sampled at step 0 (stage I, score_stage1_steps=1), trained at steps 0 and 1: at step 1 TRL's
+    loss sees stage II's mask (turn 1 trained), credit (turn 1 on r1, turn 2 on r2 + alpha (r2 - r1)) and token
+    count. Before the stage was decided per optimizer step, step 1 trained the batch with stage I's."""
+    seen_loss = _trl_loss_inputs(monkeypatch)
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, episode="self_correct", score_stage1_steps=1, max_steps=2,
+                            refine_bonus_alpha=2.0, **reuse)  # fmt: skip
+    seen = spy_rollouts(trainer)
+    rewards = []
+    weighted = trainer._weighted_rewards
+    trainer._weighted_rewards = lambda device: rewards.append(weighted(device)) or rewards[-1]
+    trainer.train()
+    assert trainer.generation_calls == 2 and len(rewards) == 1  # one generation of two turns
+    assert [step for step, _ in seen_loss] == [0, 1]
+    (r,), rollouts, n = rewards, seen["rollouts"], trainer.args.num_generations
+    solve = _group_normalized(r["turn1"], n)
+    refine = _group_normalized(r["final"] + 2.0 * (r["final"] - r["turn1"]), n)
+    for step, inputs in seen_loss:
+        assert not any(k.startswith("stage2_") for k in inputs)
+        width = inputs["completion_ids"].size(1)
+        for i, b in enumerate(_rollout_of_each_row(inputs, rollouts)):
+            turn1 = _turn1_mask([rollouts[b]], width)[0]
+            trained = inputs["tool_mask"][i].bool() & inputs["completion_mask"][i].bool()
+            if step == 0:  # stage I without a turn-1 KL: turn 1 is out of the loss
+                assert not trained[turn1].any()
+                continue
+            assert trained[turn1].all()  # stage II: turn 1 trained with r1's advantage, turn 2 with the shaped one
+            assert torch.allclose(inputs["advantages"][i][turn1], solve[b].expand(int(turn1.sum())))
+            second = trained & ~turn1
+            assert second.any()
+            assert torch.allclose(inputs["advantages"][i][second], refine[b].expand(int(second.sum())), atol=1e-5)
+        if "num_iterations" in reuse:  # the micro-batch is the whole generation: TRL's token count is its own
+            assert inputs["num_items_in_batch"] == (inputs["completion_mask"] * inputs["tool_mask"]).sum()
+    logged = [e for e in trainer.state.log_history if "score/trained_stage" in e]
+    assert [e["score/trained_stage"] for e in logged] == [1.0, 2.0]
+    assert [e["score/stage"] for e in trainer.state.log_history if "score/stage" in e] == [1.0]  # sampled in stage I
+
+
+def test_score_turn1_kl_of_a_reused_batch_follows_the_training_stage(tiny_model_dir, tmp_path, monkeypatch):
+    """SCoRe's stage-I turn-1 KL (turn_kl solve_stage1) holds at step 0; the same batch trained at step 1 (stage II)
+    gets stage II's coefficients, none on turn 1 here."""
+    seen_loss = _trl_loss_inputs(monkeypatch)
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, episode="self_correct", score_stage1_steps=1, max_steps=2,
+                            refine_bonus_alpha=2.0, num_iterations=2, turn_kl={"solve_stage1": 1.0})  # fmt: skip
+    seen = spy_rollouts(trainer)
+    trainer.train()
+    (_, first), (_, second) = seen_loss
+    width = first["completion_ids"].size(1)
+    turn1 = torch.stack([_turn1_mask(seen["rollouts"], width)[b] for b in _rollout_of_each_row(first, seen["rollouts"])])
+    assert torch.equal(first["turn_kl_coef"], turn1.float())
+    assert torch.equal(second["turn_kl_coef"], torch.zeros_like(second["turn_kl_coef"]))
+    assert second["tool_mask"][turn1].all()  # turn 1 still trained, now with its stage-II advantage
+
+
 # ---- (c) MuTIS interventions --------------------------------------------------------------------------------------
 
 INTERVENE = "No answer yet. Put it in <answer></answer> tags."
