@@ -196,6 +196,37 @@ def test_feedback_update_interval_2_updates_the_feedback_model_after_steps_2_and
     assert steps_with_loss == [2, 4]
 
 
+def test_one_update_trains_on_every_generation_of_its_optimizer_step(
+    tiny_model_dir, tiny_feedback_model_dir, tmp_path
+):
+    """Issue 21, item 7: steps_per_generation 1 < gradient_accumulation_steps 2 makes TRL generate twice (one prompt,
+    two episodes each) for one optimizer step; its one feedback update must see both generations' samples."""
+    args = _args(
+        tmp_path,
+        tiny_feedback_model_dir,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        steps_per_generation=1,
+    )
+    trainer = _trainer(args, tiny_model_dir)
+    generated, updates = [], []
+    rollout_func = trainer.rollout_func
+    trainer.rollout_func = lambda prompts, trainer_=None: (
+        generated.append(prompts),
+        rollout_func(prompts, trainer_),
+    )[1]
+    update = trainer.feedback_policy.update
+    trainer.feedback_policy.update = lambda batch: (updates.append(batch), update(batch))[1]
+    trainer.train()
+    assert len(generated) == 2 and generated[0] != generated[1]  # two generations, of two different prompts
+    (batch,) = updates
+    assert len(batch) == 4  # 2 generations x 2 episodes, each with its feedback sample
+    tokenizer = trainer.feedback_policy.backend.tokenizer
+    questions = [f"What is {i} + {i}?" for i in range(8)]
+    asked = [q for s, _ in batch for q in questions if q in tokenizer.decode(s.prompt_ids)]
+    assert len(asked) == 4 and len(set(asked)) == 2  # each sample's prompt holds its own question
+
+
 def _assert_same_optimizer_states(first, resumed):
     """Both optimizers (the solver's, TRL's; the feedback policy's) hold bit-identical, non-empty states."""
     for a, b in (
