@@ -23,7 +23,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-from trl.trainer.utils import use_adapter  # set / restore the active adapter; None disables them all
+from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
 from .model import Conversation, FeedbackSample, TransformersFeedbackModel
 
@@ -48,6 +48,10 @@ class SeparateWeights:
             path = resolve_model_path(args.feedback_model_name_or_path)
             self.reference = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device).eval()
             self.reference.requires_grad_(False)
+        if args.disable_dropout:  # as TRL does to the solver: the update (train mode) sees what sampling saw
+            disable_dropout_in_model(model)
+            if self.reference is not None:
+                disable_dropout_in_model(self.reference)
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -89,6 +93,10 @@ class AdapterWeights:
             # Same rank, alpha, targets and dropout as the solver's adapter; LoRA's B starts at zero, so the feedback
             # writer starts as the base model, like the solver. add_adapter leaves the new adapter inactive and frozen.
             peft_model.add_adapter(FEEDBACK_ADAPTER, copy.deepcopy(peft_model.peft_config[solver_adapter]))
+        if args.disable_dropout:
+            # TRL disabled dropout when it built the trainer, before this adapter's LoRA dropout modules existed. The
+            # update runs in train mode, sampling in eval mode: without this their log-probs would differ.
+            disable_dropout_in_model(peft_model)
         self.model = peft_model
         marker = f".{FEEDBACK_ADAPTER}."
         self.params = [p for name, p in peft_model.named_parameters() if marker in name]

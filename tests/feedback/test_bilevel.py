@@ -542,3 +542,35 @@ def test_eval_uses_the_trained_feedback_model_saved_next_to_the_solver(
     flags = ["--train_feedback_model", "false", "--feedback_model_name_or_path", str(tiny_feedback_model_dir)]
     assert _eval(recipe, run, tmp_path / "eval3", *flags) == 0
     assert loaded == [(str(tiny_feedback_model_dir), 1.0)]
+
+
+def test_separate_feedback_model_update_runs_without_dropout_when_disable_dropout(tmp_path):
+    """Issue 21, item 10, for the feedback model's own weights: the tiny Llamas have no dropout module, so a tiny GPT-2
+    with dropout 0.5 everywhere stands in. Its update (train mode) must see the log-probs sampling saw (eval mode)."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    from mtgrpo.feedback.training import completion_logps
+    from mtgrpo.feedback.weights import SeparateWeights
+
+    dropout = dict(resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2, **dropout)
+    ).save_pretrained(tmp_path / "gpt2")
+    args = _args(tmp_path, tmp_path / "gpt2", feedback_beta=0.1, disable_dropout=True)
+    weights = SeparateWeights(AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2").eval(), args, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    samples = [FeedbackSample("", *torch.randint(0, 50, (2, 4), generator=gen).tolist()) for _ in range(3)]
+
+    def logps(model):
+        return completion_logps(model, samples, 0, torch.device("cpu"), 1.0)[0]
+
+    with torch.no_grad():
+        sampled = logps(weights.model)
+        with weights.training():
+            first, second = logps(weights.model), logps(weights.model)
+        with weights.reference_model() as reference:
+            reference.train()  # its mode does not matter: no dropout is left in it either
+            reference_logps = logps(reference)
+    assert torch.equal(first, sampled) and torch.equal(second, sampled)
+    assert torch.equal(reference_logps, sampled)  # the same weights, so the same log-probs

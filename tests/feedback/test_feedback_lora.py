@@ -21,7 +21,9 @@ from test_bilevel import (
     _hidden_grads,
     _trainer,
 )
+from trl.trainer.utils import use_adapter
 
+from mtgrpo.feedback.model import FeedbackSample
 from mtgrpo.feedback.training import FEEDBACK_DIR
 from mtgrpo.feedback.weights import FEEDBACK_ADAPTER, AdapterWeights
 
@@ -240,3 +242,35 @@ def test_bilevel_docs_agree_with_the_hlt_llt_rr_1_15_ratio():
         for match in re.finditer("HLT_LLT_RR_1_15", text):
             near = text[max(0, match.start() - 200) : match.end() + 200]
             assert not re.search(r"\b16 (solver|=)|= 16\b|16th|per 16 solver", near), (path, near)
+
+
+def _random_samples(count, vocab):
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(0, vocab, (9,), generator=gen).tolist() for _ in range(count)]
+    return [FeedbackSample("", i[:5], i[5:]) for i in ids]
+
+
+def test_feedback_adapter_update_runs_without_dropout_when_disable_dropout(tiny_model_dir, tmp_path):
+    """Issue 21, item 10: TRL disables dropout when it builds the trainer, before the feedback adapter exists. With
+    disable_dropout the update's log-probs (train mode) must be the ones sampling had (eval mode), exactly."""
+    from dataclasses import replace
+
+    from mtgrpo.feedback.training import completion_logps
+
+    args = _args(tmp_path, tiny_model_dir, feedback_lora=True, feedback_device="auto", disable_dropout=True)
+    trainer = _trainer(args, tiny_model_dir, peft_config=replace(LORA, lora_dropout=0.5))  # large: it shows
+    policy, model = trainer.feedback_policy, trainer.model
+    for p in policy.weights.params:  # LoRA's B starts at zero, which would hide dropout on the adapter's input
+        p.data.normal_(0, 0.5, generator=torch.Generator().manual_seed(p.numel()))
+    samples = _random_samples(3, model.config.vocab_size)
+
+    def logps():
+        return completion_logps(model, samples, 0, torch.device("cpu"), 1.0)[0]
+
+    with torch.no_grad():
+        with use_adapter(model, FEEDBACK_ADAPTER):
+            model.eval()  # as the feedback adapter samples
+            sampled = logps()
+        with policy.weights.training():
+            first, second = logps(), logps()
+    assert torch.equal(first, sampled) and torch.equal(second, sampled)
