@@ -230,9 +230,8 @@ class FeedbackPolicy:
         if self.client is None:
             return
         if self.accelerator.is_main_process:
-            with self.weights.vllm_named_params() as named:
-                metadata = [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in named]
-                self.client.update_named_params(metadata, iter(named))
+            weights = self.weights.vllm_weights()
+            self.client.update_named_params(weights.metadata, weights.tensors)
             self.client.reset_prefix_cache()
         self.accelerator.wait_for_everyone()  # nobody samples from the server before it has the new weights
 
