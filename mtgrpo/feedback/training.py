@@ -9,10 +9,12 @@ never the re-tokenised text.
 
 One feedback update (`FeedbackPolicy.update`), after every solver step whose number is a multiple of
 `feedback_update_interval`:
-- data: the feedback samples of the batch that step trained on, each with the episode's feedback advantage
-  (refine: `feedback`, the group-normalised R(final), or R(final) - R(turn 1) with `feedback_reward: improvement`;
-  plan: `plan`, the group-normalised R(final)), computed over the gathered batch like the solver's advantages.
-  Samples of steps without an update are dropped, and a batch is trained on at most once;
+- data: the feedback samples of every generation batch TRL sampled during that optimizer step (several when
+  steps_per_generation < gradient_accumulation_steps; one generation spanning several steps is trained once, at the
+  first update due after it), each with the episode's feedback advantage (refine: `feedback`, the group-normalised
+  R(final), or R(final) - R(turn 1) with `feedback_reward: improvement`; plan: `plan`, the group-normalised
+  R(final)), computed over the gathered batch like the solver's advantages. Samples of steps without an update are
+  dropped, and a batch is trained on at most once;
 - loss per feedback token t: -min(r_t A, clip(r_t, 1 - epsilon, 1 + epsilon_high) A) + feedback_beta * KL_t, with
   TRL's k3 KL to the feedback model's own frozen reference (loaded only when feedback_beta > 0), averaged over all
   feedback tokens of the update on every process (DAPO-style token mean). The feedback weights change only here, so
@@ -76,6 +78,7 @@ class FeedbackPolicy:
         self.client = client  # TRL's VLLMClient (or a stand-in with its methods) when a server generates
         self.updates = 0
         self._batch: list[tuple[FeedbackSample, float]] = []
+        self._batch_step: int | None = None  # the solver's optimizer step at which `_batch` was collected
 
     @classmethod
     def from_config(cls, args, accelerator, solver=None) -> FeedbackPolicy:
@@ -140,9 +143,13 @@ class FeedbackPolicy:
 
     # ---- training -------------------------------------------------------------------------------------------------
 
-    def collect(self, rollouts, advantages: torch.Tensor) -> None:
-        """The samples of this training batch with their advantages; replaces the previous batch's."""
-        self._batch = [
+    def collect(self, rollouts, advantages: torch.Tensor, step: int) -> None:
+        """The samples of a generation batch with their advantages, sampled at solver step `step` (the trainer's
+        global_step, the number of optimizer steps done). Generations of the same optimizer step accumulate, as the
+        solver's gradient does; the first of a later step starts a fresh batch, dropping one no update trained on."""
+        if step != self._batch_step:
+            self._batch, self._batch_step = [], step
+        self._batch += [
             (r.state["feedback_sample"], float(advantages[b]))
             for b, r in enumerate(rollouts)
             if "feedback_sample" in r.state
@@ -223,9 +230,8 @@ class FeedbackPolicy:
         if self.client is None:
             return
         if self.accelerator.is_main_process:
-            with self.weights.vllm_named_params() as named:
-                metadata = [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in named]
-                self.client.update_named_params(metadata, iter(named))
+            weights = self.weights.vllm_weights()
+            self.client.update_named_params(weights.metadata, weights.tensors)
             self.client.reset_prefix_cache()
         self.accelerator.wait_for_everyone()  # nobody samples from the server before it has the new weights
 
@@ -335,7 +341,8 @@ class FeedbackPolicyMixin:
 
     def _collect_feedback_samples(self, rollouts, local_advantages: dict[str, torch.Tensor]) -> None:
         if self.feedback_policy is not None and self.model.training:
-            self.feedback_policy.collect(rollouts, local_advantages[self.episode.feedback_credit])
+            credit = local_advantages[self.episode.feedback_credit]
+            self.feedback_policy.collect(rollouts, credit, self.state.global_step)
 
     def _feedback_transcript_fields(self, local_advantages: dict[str, torch.Tensor]) -> dict:
         """episode_records' arguments that show the feedback model's turns as trained by its own update."""

@@ -196,6 +196,37 @@ def test_feedback_update_interval_2_updates_the_feedback_model_after_steps_2_and
     assert steps_with_loss == [2, 4]
 
 
+def test_one_update_trains_on_every_generation_of_its_optimizer_step(
+    tiny_model_dir, tiny_feedback_model_dir, tmp_path
+):
+    """Issue 21, item 7: steps_per_generation 1 < gradient_accumulation_steps 2 makes TRL generate twice (one prompt,
+    two episodes each) for one optimizer step; its one feedback update must see both generations' samples."""
+    args = _args(
+        tmp_path,
+        tiny_feedback_model_dir,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        steps_per_generation=1,
+    )
+    trainer = _trainer(args, tiny_model_dir)
+    generated, updates = [], []
+    rollout_func = trainer.rollout_func
+    trainer.rollout_func = lambda prompts, trainer_=None: (
+        generated.append(prompts),
+        rollout_func(prompts, trainer_),
+    )[1]
+    update = trainer.feedback_policy.update
+    trainer.feedback_policy.update = lambda batch: (updates.append(batch), update(batch))[1]
+    trainer.train()
+    assert len(generated) == 2 and generated[0] != generated[1]  # two generations, of two different prompts
+    (batch,) = updates
+    assert len(batch) == 4  # 2 generations x 2 episodes, each with its feedback sample
+    tokenizer = trainer.feedback_policy.backend.tokenizer
+    questions = [f"What is {i} + {i}?" for i in range(8)]
+    asked = [q for s, _ in batch for q in questions if q in tokenizer.decode(s.prompt_ids)]
+    assert len(asked) == 4 and len(set(asked)) == 2  # each sample's prompt holds its own question
+
+
 def _assert_same_optimizer_states(first, resumed):
     """Both optimizers (the solver's, TRL's; the feedback policy's) hold bit-identical, non-empty states."""
     for a, b in (
@@ -511,3 +542,35 @@ def test_eval_uses_the_trained_feedback_model_saved_next_to_the_solver(
     flags = ["--train_feedback_model", "false", "--feedback_model_name_or_path", str(tiny_feedback_model_dir)]
     assert _eval(recipe, run, tmp_path / "eval3", *flags) == 0
     assert loaded == [(str(tiny_feedback_model_dir), 1.0)]
+
+
+def test_separate_feedback_model_update_runs_without_dropout_when_disable_dropout(tmp_path):
+    """Issue 21, item 10, for the feedback model's own weights: the tiny Llamas have no dropout module, so a tiny GPT-2
+    with dropout 0.5 everywhere stands in. Its update (train mode) must see the log-probs sampling saw (eval mode)."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    from mtgrpo.feedback.training import completion_logps
+    from mtgrpo.feedback.weights import SeparateWeights
+
+    dropout = dict(resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2, **dropout)
+    ).save_pretrained(tmp_path / "gpt2")
+    args = _args(tmp_path, tmp_path / "gpt2", feedback_beta=0.1, disable_dropout=True)
+    weights = SeparateWeights(AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2").eval(), args, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    samples = [FeedbackSample("", *torch.randint(0, 50, (2, 4), generator=gen).tolist()) for _ in range(3)]
+
+    def logps(model):
+        return completion_logps(model, samples, 0, torch.device("cpu"), 1.0)[0]
+
+    with torch.no_grad():
+        sampled = logps(weights.model)
+        with weights.training():
+            first, second = logps(weights.model), logps(weights.model)
+        with weights.reference_model() as reference:
+            reference.train()  # its mode does not matter: no dropout is left in it either
+            reference_logps = logps(reference)
+    assert torch.equal(first, sampled) and torch.equal(second, sampled)
+    assert torch.equal(reference_logps, sampled)  # the same weights, so the same log-probs

@@ -21,7 +21,9 @@ from test_bilevel import (
     _hidden_grads,
     _trainer,
 )
+from trl.trainer.utils import use_adapter
 
+from mtgrpo.feedback.model import FeedbackSample
 from mtgrpo.feedback.training import FEEDBACK_DIR
 from mtgrpo.feedback.weights import FEEDBACK_ADAPTER, AdapterWeights
 
@@ -240,3 +242,111 @@ def test_bilevel_docs_agree_with_the_hlt_llt_rr_1_15_ratio():
         for match in re.finditer("HLT_LLT_RR_1_15", text):
             near = text[max(0, match.start() - 200) : match.end() + 200]
             assert not re.search(r"\b16 (solver|=)|= 16\b|16th|per 16 solver", near), (path, near)
+
+
+def _random_samples(count, vocab):
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(0, vocab, (9,), generator=gen).tolist() for _ in range(count)]
+    return [FeedbackSample("", i[:5], i[5:]) for i in ids]
+
+
+def test_feedback_adapter_update_runs_without_dropout_when_disable_dropout(tiny_model_dir, tmp_path):
+    """Issue 21, item 10: TRL disables dropout when it builds the trainer, before the feedback adapter exists. With
+    disable_dropout the update's log-probs (train mode) must be the ones sampling had (eval mode), exactly."""
+    from dataclasses import replace
+
+    from mtgrpo.feedback.training import completion_logps
+
+    args = _args(tmp_path, tiny_model_dir, feedback_lora=True, feedback_device="auto", disable_dropout=True)
+    trainer = _trainer(args, tiny_model_dir, peft_config=replace(LORA, lora_dropout=0.5))  # large: it shows
+    policy, model = trainer.feedback_policy, trainer.model
+    for p in policy.weights.params:  # LoRA's B starts at zero, which would hide dropout on the adapter's input
+        p.data.normal_(0, 0.5, generator=torch.Generator().manual_seed(p.numel()))
+    samples = _random_samples(3, model.config.vocab_size)
+
+    def logps():
+        return completion_logps(model, samples, 0, torch.device("cpu"), 1.0)[0]
+
+    with torch.no_grad():
+        with use_adapter(model, FEEDBACK_ADAPTER):
+            model.eval()  # as the feedback adapter samples
+            sampled = logps()
+        with policy.weights.training():
+            first, second = logps(), logps()
+    assert torch.equal(first, sampled) and torch.equal(second, sampled)
+
+
+def test_pushes_leave_the_bf16_base_weights_bit_identical(tiny_model_dir, tmp_path):
+    """Issue 21, item 12: merging the feedback adapter into the shared base weights and unmerging it rounds them (in
+    bfloat16 a few ulp per push, accumulating). After 20 pushes the base weights are bit-identical, and every push is
+    what PEFT's merge gives (base + delta, in the base's dtype)."""
+    import copy
+    from types import SimpleNamespace
+
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mtgrpo.feedback.training import FeedbackPolicy
+    from mtgrpo.feedback.weights import AdapterFeedbackModel
+
+    args = _args(tmp_path, tiny_model_dir, feedback_lora=True, feedback_device="auto")
+    solver = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16), LORA)
+    weights = AdapterWeights(solver, args)
+    for name, p in solver.named_parameters():  # both adapters non-zero: only the feedback one may be pushed
+        if "lora_" in name:
+            p.data.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    backend = AdapterFeedbackModel(str(tiny_model_dir), device="cpu", model=solver)
+    accelerator = SimpleNamespace(
+        device=torch.device("cpu"), num_processes=1, is_main_process=True, wait_for_everyone=lambda: None
+    )
+    policy = FeedbackPolicy(backend, args, accelerator, client=FakeVLLMClient(), weights=weights)
+
+    merged = copy.deepcopy(solver)
+    merged.set_adapter(FEEDBACK_ADAPTER)
+    merged.merge_adapter()  # PEFT's merge, once
+    expected = {
+        n.removeprefix("base_model.model.").replace(".base_layer", ""): p
+        for n, p in merged.named_parameters()
+        if "lora_" not in n
+    }
+    before = _weights(solver)
+    for _ in range(20):
+        policy.sync_weights()
+    after = _weights(solver)
+    assert all(torch.equal(before[n], after[n]) for n in before)  # the base (and both adapters) untouched
+    pushes = [call[2] for call in policy.client.calls if call[0] == "update_named_params"]
+    assert len(pushes) == 20
+    for pushed in pushes:
+        assert pushed.keys() == expected.keys()
+        assert all(pushed[n].dtype == torch.bfloat16 and torch.equal(pushed[n], expected[n]) for n in expected)
+    q_proj = "model.layers.0.self_attn.q_proj"
+    assert not torch.equal(pushes[0][f"{q_proj}.weight"], before[f"base_model.model.{q_proj}.base_layer.weight"])
+
+
+@pytest.mark.parametrize(
+    "kind, found",
+    [
+        (dict(use_dora=True), "a LoRA variant \\(DoraLinearVariant"),
+        (dict(lora_bias=True), "lora_bias"),
+        (dict(modules_to_save=["norm"]), "fully trained modules"),
+    ],
+    ids=["dora", "lora_bias", "modules_to_save"],
+)
+def test_lora_kinds_the_server_push_cannot_merge_are_refused(tiny_model_dir, tmp_path, kind, found):
+    """vllm_weights computes base + LoRA delta; a setup it would push wrongly is one clear error, when it pushes."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mtgrpo.feedback.weights import check_adapter_setup
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), replace(LORA, **kind))
+    accelerator = SimpleNamespace(device=torch.device("cpu"), state=SimpleNamespace())
+    server = "http://127.0.0.1:8001/v1"
+    args = _args(tmp_path, tiny_model_dir, feedback_lora=True, feedback_device="auto", feedback_server_url=server)
+    with pytest.raises(ValueError, match=f"does not cover {found}.* or unset feedback_server_url"):
+        check_adapter_setup(args, model, accelerator)
+    args.feedback_server_url = None
+    check_adapter_setup(args, model, accelerator)  # generated in process: PEFT's own forward handles it

@@ -308,8 +308,7 @@ def test_feedback_lora_pushes_each_merged_adapter_to_its_own_server(tmp_path, ti
         policy = trainer.feedback_policy
         base_names = {n for n, _ in trainer.model.get_base_model().named_parameters() if "lora_" not in n}
         base_names = {n.replace(".base_layer", "") for n in base_names}
-        with policy.weights.vllm_named_params() as named:
-            feedback_now = _sums(named)
+        feedback_now = _sums(policy.weights.vllm_weights().tensors)
         rollout_pushes, feedback_pushes = (
             rollout.requests("/update_weights"),
             feedback.requests("/update_weights"),
