@@ -205,8 +205,9 @@ def _unmergeable_lora(model) -> str | None:
     if any(isinstance(m, AuxiliaryTrainingWrapper) for m in model.modules()):
         return "fully trained modules (lora_modules_to_save / trainable tokens)"
     for name, layer in _lora_layers(model, adapter).items():
-        if adapter in layer.lora_variant:
-            return f"a LoRA variant ({type(layer.lora_variant[adapter]).__name__}: use_dora and the like)"
+        # peft >= 0.16 keeps DoRA and the like in lora_variant; 0.15 (our lower bound) only has use_dora.
+        if getattr(layer, "lora_variant", {}).get(adapter) or getattr(layer, "use_dora", {}).get(adapter):
+            return "LoRA variants (use_dora and the like)"
         if layer.lora_bias.get(adapter):
             return "lora_bias"
         if not isinstance(layer, (Linear, Embedding, _ConvNd)):  # quantized, target_parameters, attention

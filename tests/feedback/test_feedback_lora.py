@@ -326,7 +326,7 @@ def test_pushes_leave_the_bf16_base_weights_bit_identical(tiny_model_dir, tmp_pa
 @pytest.mark.parametrize(
     "kind, found",
     [
-        (dict(use_dora=True), "a LoRA variant \\(DoraLinearVariant"),
+        (dict(use_dora=True), "LoRA variants \\(use_dora"),
         (dict(lora_bias=True), "lora_bias"),
         (dict(modules_to_save=["norm"]), "fully trained modules"),
     ],
