@@ -8,8 +8,8 @@ What it serves: the routes and JSON shapes of `vllm serve` in development mode a
 `/health`, `/v1/models`, `/get_world_size`, `/server_info`, `/v1/completions` (token-id prompts, `n`, sampling
 parameters, `stop_token_ids`, `stop` strings with `include_stop_str_in_output`, `logprobs`, `return_token_ids`,
 `return_tokens_as_token_ids`; choices prompt-major), `/v1/chat/completions` (the chat template of the served model,
-one conversation per request) and the weight-transfer routes `/init_weight_transfer_engine`, `/start_weight_update`,
-`/update_weights`, `/finish_weight_update`, `/reset_prefix_cache`. With `--no-dev-mode` it serves as `vllm serve` does
+one conversation per request, the same stop parameters) and the weight-transfer routes `/init_weight_transfer_engine`,
+`/start_weight_update`, `/update_weights`, `/finish_weight_update`, `/reset_prefix_cache`. With `--no-dev-mode` it serves as `vllm serve` does
 without `VLLM_SERVER_DEV_MODE=1`: `/server_info`, `/get_world_size`, the weight-transfer routes and
 `/reset_prefix_cache` answer 404.
 
