@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from .feedback.model import FeedbackServerError
     from .launch.checkpoints import agreed_checkpoint, check_checkpoint
     from .launch.signals import SaveOnSigterm
-    from .trainer import build_trainer
+    from .trainer import RolloutServerError, build_trainer
 
     try:  # bad input (recipe, data, rewards, prompt lengths, checkpoints): one clear line, exit status 2
         script_args, training_args, model_args = parse_recipe(argv)
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         # An explicit --resume_from_checkpoint wins; otherwise the newest complete checkpoint, chosen once by rank 0
         # and broadcast, so every node resumes from the same step (every process calls this).
         checkpoint = agreed_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
-    # A feedback server that is down or cannot take weight updates fails while the trainer is built, too.
-    except (ValueError, FileNotFoundError, FeedbackServerError) as err:
+    # A rollout or feedback server that is down or cannot take weight updates fails while the trainer is built.
+    except (ValueError, FileNotFoundError, FeedbackServerError, RolloutServerError) as err:
         print(f"mtgrpo train: {err}", file=sys.stderr)
         return 2
     # SageMaker stop / spot reclaim sends SIGTERM 120 s before SIGKILL: save a complete checkpoint at the step's end.

@@ -21,6 +21,7 @@ What is overridden, and why (everything else — losses, KL, vLLM weight sync, l
 from __future__ import annotations
 
 import logging
+import traceback
 from contextlib import contextmanager
 
 import torch
@@ -327,11 +328,61 @@ def build_trainer(script_args, training_args, model_args, trainer_cls=None):
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
     }
-    return (trainer_cls or MultiTurnGRPOTrainer)(
-        model=model_path,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+    with rollout_server_errors(training_args):
+        return (trainer_cls or MultiTurnGRPOTrainer)(
+            model=model_path,
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=train_dataset,
+            processing_class=tokenizer,
+            peft_config=get_peft_config(model_args),
+        )
+
+
+class RolloutServerError(RuntimeError):
+    """The rollout vLLM server (`vllm_mode: server`) cannot be reached or cannot take the trainer's weight updates."""
+
+
+@contextmanager
+def rollout_server_errors(args):
+    """TRL's refusal of the rollout server while the trainer is built, as one RolloutServerError naming the URL and the
+    fix. TRL connects in `VLLMGeneration._init_vllm`, where VLLMClient checks the server itself (its /health wait,
+    then in `init_communicator` the development endpoints, the weight-transfer engine and a CUDA device); only an
+    error VLLMClient raises there is translated, so a bug anywhere else (NCCL's included) keeps its traceback."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:  # requests' ConnectionError is an OSError
+        if not (args.use_vllm and args.vllm_mode == "server" and _vllm_client_refused(error)):
+            raise
+        raise RolloutServerError(_rollout_server_problem(args, error)) from None
+
+
+def _vllm_client_refused(error: BaseException) -> bool:
+    """Whether VLLMClient itself raised `error` while TRL's VLLMGeneration connected to the server."""
+    from trl.generation import vllm_client, vllm_generation
+
+    frames = traceback.extract_tb(error.__traceback__)
+    connecting = any(f.name == "_init_vllm" and f.filename == vllm_generation.__file__ for f in frames)
+    return connecting and frames[-1].filename == vllm_client.__file__
+
+
+def _rollout_server_problem(args, error: BaseException) -> str:
+    url = args.vllm_server_base_url or f"http://{args.vllm_server_host}:{args.vllm_server_port}"
+    # TRL's first sentence, without the URL this line already names; the rest is its advice, replaced by ours.
+    reason = str(error).split(". ")[0].removeprefix(f"The vLLM server at {url} ")
+    if isinstance(error, OSError):
+        return (
+            f"The rollout vLLM server at {url} cannot be reached (waited vllm_server_timeout={args.vllm_server_timeout:g}"
+            " s). Fix: start it first (`mtgrpo launch RECIPE` does; by hand `trl vllm-serve --model MODEL`), check "
+            "vllm_server_base_url, or raise vllm_server_timeout if it is still loading."
+        )
+    if isinstance(error, NotImplementedError):  # TRL's NCCL weight transfer on a trainer without CUDA
+        return (
+            f"The trainer cannot push weights to the rollout vLLM server at {url} ({reason}). Fix: train on a CUDA "
+            "machine, or set use_vllm: false to generate with transformers."
+        )
+    return (
+        f"The rollout vLLM server at {url} cannot take the trainer's weight updates ({reason}). "
+        "Fix: start it as TRL needs it, with `mtgrpo launch RECIPE` or `trl vllm-serve --model MODEL`, i.e. "
+        """`VLLM_SERVER_DEV_MODE=1 vllm serve MODEL --weight-transfer-config '{"backend": "nccl"}'`."""
     )

@@ -8,8 +8,10 @@ What it serves: the routes and JSON shapes of `vllm serve` in development mode a
 `/health`, `/v1/models`, `/get_world_size`, `/server_info`, `/v1/completions` (token-id prompts, `n`, sampling
 parameters, `stop_token_ids`, `stop` strings with `include_stop_str_in_output`, `logprobs`, `return_token_ids`,
 `return_tokens_as_token_ids`; choices prompt-major), `/v1/chat/completions` (the chat template of the served model,
-one conversation per request) and the weight-transfer routes `/init_weight_transfer_engine`, `/start_weight_update`,
-`/update_weights`, `/finish_weight_update`, `/reset_prefix_cache`.
+one conversation per request, the same stop parameters) and the weight-transfer routes `/init_weight_transfer_engine`,
+`/start_weight_update`, `/update_weights`, `/finish_weight_update`, `/reset_prefix_cache`. With `--no-dev-mode` it serves as `vllm serve` does
+without `VLLM_SERVER_DEV_MODE=1`: `/server_info`, `/get_world_size`, the weight-transfer routes and
+`/reset_prefix_cache` answer 404.
 
 How it generates: with transformers on CPU, from the same checkpoint the trainer starts from, one sequence at a time
 with a KV cache, so the logprobs it returns are real (processed: after temperature, top-k, top-p and min-p, as
@@ -169,6 +171,17 @@ def install_tcp_weight_transfer(monkeypatch=None) -> None:
 
 
 # ---- the server -------------------------------------------------------------------------------------------------------
+
+# The routes vLLM registers only in development mode (`VLLM_SERVER_DEV_MODE=1`), which TRL's weight sync needs.
+DEV_MODE_ROUTES = {
+    "/server_info",
+    "/get_world_size",
+    "/init_weight_transfer_engine",
+    "/start_weight_update",
+    "/update_weights",
+    "/finish_weight_update",
+    "/reset_prefix_cache",
+}
 
 
 def free_port() -> int:
@@ -359,7 +372,7 @@ def _choice_logprobs_completions(ids: list[int], logps: list[float]) -> dict:
     }
 
 
-def serve(engine: Engine, port_file: str, record: str) -> None:
+def serve(engine: Engine, port_file: str, record: str, dev_mode: bool = True) -> None:
     record_lock = threading.Lock()
     counter = {"n": 0}
 
@@ -387,9 +400,14 @@ def serve(engine: Engine, port_file: str, record: str) -> None:
             size = int(self.headers.get("Content-Length") or 0)
             return json.loads(self.rfile.read(size) or b"{}") if size else {}
 
+        def _unregistered(self, path: str) -> bool:
+            return path in DEV_MODE_ROUTES and not dev_mode
+
         def do_GET(self):
             path = urlparse(self.path).path
             log({"route": path, "method": "GET"})
+            if self._unregistered(path):
+                return self._send(404, {"detail": "Not Found"})
             if path == "/health":
                 return self._send(200, {})
             if path == "/v1/models":
@@ -410,7 +428,7 @@ def serve(engine: Engine, port_file: str, record: str) -> None:
             path = urlparse(self.path).path
             body = self._body()
             try:
-                handler = ROUTES.get(path)
+                handler = None if self._unregistered(path) else ROUTES.get(path)
                 if handler is None:
                     log({"route": path, "body": body, "status": 404})
                     return self._send(404, {"error": f"no route {path}"})
@@ -546,7 +564,9 @@ def serve(engine: Engine, port_file: str, record: str) -> None:
 class StandIn:
     """A stand-in server process: `url`, `requests(route=None)` (the record), `stop()`."""
 
-    def __init__(self, model_dir, workdir, name="standin", served_model_name=None, script=None, env=None):
+    def __init__(
+        self, model_dir, workdir, name="standin", served_model_name=None, script=None, env=None, dev_mode=True
+    ):
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         self.record = workdir / f"{name}.jsonl"
@@ -567,6 +587,8 @@ class StandIn:
             cmd += ["--served-model-name", served_model_name]
         if script:
             cmd += ["--script", json.dumps(script)]
+        if not dev_mode:
+            cmd += ["--no-dev-mode"]
         self.log = open(workdir / f"{name}.log", "w")  # noqa: SIM115 — closed in stop()
         self.process = subprocess.Popen(
             cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
@@ -601,6 +623,11 @@ def main(argv=None) -> None:
     parser.add_argument("--record", required=True)
     parser.add_argument("--served-model-name", default=None)
     parser.add_argument("--script", default=None, help='JSON: {"header", "turns", "continue", "final"}')
+    parser.add_argument(
+        "--no-dev-mode",
+        action="store_true",
+        help="serve as vLLM without VLLM_SERVER_DEV_MODE=1 (no weight routes)",
+    )
     args = parser.parse_args(argv)
     sabotage = os.environ.get("VLLM_STANDIN_SABOTAGE", "")
     engine = Engine(
@@ -609,7 +636,7 @@ def main(argv=None) -> None:
         json.loads(args.script) if args.script else None,
         sabotage,
     )
-    serve(engine, args.port_file, args.record)
+    serve(engine, args.port_file, args.record, dev_mode=not args.no_dev_mode)
 
 
 if __name__ == "__main__":

@@ -66,11 +66,17 @@ def stop_ids(tokenizer, model) -> set[int]:
     <|endoftext|>, turns closed by <|im_end|>): without it a reply would run on through a new role header."""
     from ..chat import ChatTurns
 
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids = set(configured if isinstance(configured, list) else [configured])
-    ids.add(tokenizer.eos_token_id)
+    ids = eos_ids(tokenizer, model.generation_config)
     if tokenizer.chat_template is not None:
         ids.add(ChatTurns(tokenizer).end_of_turn_id)
+    return {i for i in ids if i is not None}
+
+
+def eos_ids(tokenizer, generation_config) -> set[int]:
+    """Where generation stops by itself: the generation config's EOS ids (a list for e.g. Llama 3) and the
+    tokenizer's (vLLM's default sampling parameters take both)."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids = {*(configured if isinstance(configured, list) else [configured]), tokenizer.eos_token_id}
     return {i for i in ids if i is not None}
 
 
@@ -161,7 +167,17 @@ class TransformersFeedbackModel:
 
 
 class ServerFeedbackModel:
-    """A model behind an OpenAI-compatible chat endpoint (vLLM, TGI, llama.cpp server, a hosted API)."""
+    """A model behind an OpenAI-compatible chat endpoint (vLLM, TGI, llama.cpp server, a hosted API).
+
+    A reply must end at the feedback template's end-of-turn token, but a server stops only at the model's EOS, which
+    for a base model may be another token (Qwen2.5: EOS <|endoftext|>, turns closed by <|im_end|>): the reply would run
+    on through a new role header into text the solver is shown. When `model` names a tokenizer on this machine (a
+    local folder, or a hub id in the Hugging Face cache, as `mtgrpo launch` serves feedback_model_name_or_path) and
+    its end-of-turn id is not an EOS, each request also carries vLLM's sampling field `stop_token_ids` with that id.
+    Otherwise (a hosted API's model name, a `--served-model-name` alias) only OpenAI's fields are sent, since such an
+    API may refuse unknown ones. The reply text is not cut afterwards: a server skips special tokens when it decodes,
+    so a role header that follows would be plain words, indistinguishable from feedback text.
+    """
 
     def __init__(
         self,
@@ -185,6 +201,7 @@ class ServerFeedbackModel:
                 f"feedback_api_key_env names the environment variable {api_key_env!r}, which is not set. Export it "
                 "(the key itself never goes into a recipe), or drop feedback_api_key_env for a server without a key."
             )
+        self.stop_token_ids = end_of_turn_stop_ids(model)
         # No proxy: an http_proxy set for downloads would otherwise intercept a loopback/cluster address.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -196,14 +213,15 @@ class ServerFeedbackModel:
             return list(pool.map(self._complete, conversations))
 
     def _complete(self, messages: Conversation) -> str:
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": messages,
-                "max_tokens": self.max_new_tokens,
-                "temperature": self.temperature,
-            }
-        ).encode()
+        request = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+        }
+        if self.stop_token_ids:  # vLLM's extra sampling field: only for a model whose tokenizer we know (see class)
+            request["stop_token_ids"] = self.stop_token_ids
+        body = json.dumps(request).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key_env:
             headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"  # never logged
@@ -239,6 +257,28 @@ class ServerFeedbackModel:
             "launch` starts one on GPU nodes), check feedback_server_url, or raise feedback_timeout / "
             "feedback_retries if it is only slow."
         )
+
+
+def end_of_turn_stop_ids(name_or_path: str) -> list[int]:
+    """[the chat template's end-of-turn id] when the served model's tokenizer is on this machine and that id is not
+    one of its EOS ids (the tokenizer's and generation config's, where a server stops anyway); else []."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from ..chat import ChatTurns
+
+    source = _tokenizer_source(name_or_path)
+    try:  # local files only: a hosted API's model name or an alias is no hub id worth a download
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        return []
+    if tokenizer.chat_template is None:
+        return []
+    try:
+        generation_config = GenerationConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):  # a folder without generation_config.json: the tokenizer's EOS only
+        generation_config = None
+    end_of_turn = ChatTurns(tokenizer).end_of_turn_id
+    return [] if end_of_turn in eos_ids(tokenizer, generation_config) else [end_of_turn]
 
 
 def chat_completions_url(url: str) -> str:

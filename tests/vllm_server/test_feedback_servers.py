@@ -22,10 +22,6 @@ from vllm_standin import StandIn, free_port, install_tcp_weight_transfer
 from mtgrpo import MTGRPOConfig, MultiTurnGRPOTrainer
 
 END_OF_TURN = 2  # <|im_end|>: the feedback template's end-of-turn token
-ISSUE_21_14 = (
-    "issue 21 item 14: feedback turns are not stopped at the feedback model's end-of-turn token when its EOS is "
-    "another token (fixed in another branch)"
-)
 
 
 def letter_e_reward(completions, **kwargs):
@@ -132,31 +128,55 @@ def test_frozen_feedback_server_gets_one_chat_request_per_episode_under_its_serv
     assert len(frozen_run["rollout"].requests("/update_weights")) == 1
 
 
-@pytest.mark.xfail(strict=False, reason=ISSUE_21_14)
-def test_frozen_feedback_replies_stop_at_the_feedback_end_of_turn(eot_model_dir, standins):
-    """The frozen client as the refine episode calls it, against a feedback model whose EOS (<|endoftext|>) is not
-    its template's end-of-turn (<|im_end|>), which it writes often."""
+FEEDBACK_CONVERSATIONS = [
+    [
+        {"role": "user", "content": f"What is {i} + {i}?"},
+        {"role": "assistant", "content": f"{2 * i}"},
+        {"role": "user", "content": "Point out any mistake."},
+    ]
+    for i in range(4)
+]
+
+
+def _ask_frozen(server, model_name):
+    """The frozen client as the refine episode calls it; the server's record of what it generated."""
     from mtgrpo.feedback.model import FeedbackServerError, ServerFeedbackModel
 
-    server = standins(eot_model_dir, name="feedback", served_model_name="tiny-feedback")
-    client = ServerFeedbackModel(
-        f"{server.url}/v1", "tiny-feedback", max_new_tokens=8, temperature=1.0, retries=0
-    )
-    conversations = [
-        [
-            {"role": "user", "content": f"What is {i} + {i}?"},
-            {"role": "assistant", "content": f"{2 * i}"},
-            {"role": "user", "content": "Point out any mistake."},
-        ]
-        for i in range(4)
-    ]
+    client = ServerFeedbackModel(f"{server.url}/v1", model_name, max_new_tokens=8, temperature=1.0, retries=0)
     try:
-        client.generate(conversations)
+        client.generate(FEEDBACK_CONVERSATIONS)
     except FeedbackServerError:
-        pass  # a reply of end-of-turn tokens only decodes to nothing: the same defect; the record tells which
-    for request in server.requests("/v1/chat/completions"):
-        for ids in request["answered"]["completions"]:
-            assert END_OF_TURN not in ids[:-1], ids
+        pass  # a reply of an end-of-turn token only decodes to nothing; the record tells what was generated
+    return server.requests("/v1/chat/completions")
+
+
+def test_frozen_feedback_replies_stop_at_the_feedback_end_of_turn(eot_model_dir, standins):
+    """A feedback model whose EOS (<|endoftext|>) is not its template's end-of-turn (<|im_end|>), which it writes
+    often, served under its own path (as `mtgrpo launch` serves feedback_model_name_or_path): its tokenizer is on this
+    machine, so the requests carry vLLM's `stop_token_ids` and no reply runs on past <|im_end|>."""
+    name = str(eot_model_dir)
+    requests = _ask_frozen(standins(eot_model_dir, name="feedback", served_model_name=name), name)
+    assert requests and all(r["body"].get("stop_token_ids") == [END_OF_TURN] for r in requests)
+    completions = [ids for r in requests for ids in r["answered"]["completions"]]
+    assert any(END_OF_TURN in ids for ids in completions), "the fixture model should write <|im_end|> often"
+    for ids in completions:
+        assert END_OF_TURN not in ids[:-1], ids
+
+
+def test_frozen_feedback_requests_to_a_name_only_the_server_knows_carry_no_extra_field(eot_model_dir, standins):
+    """A served name with no tokenizer on this machine (a hosted API's model, an alias): only OpenAI's fields, since
+    such an API may refuse vLLM's `stop_token_ids`."""
+    server = standins(eot_model_dir, name="feedback", served_model_name="tiny-feedback")
+    requests = _ask_frozen(server, "tiny-feedback")
+    assert requests and all(set(r["body"]) == {"model", "messages", "max_tokens", "temperature"} for r in requests)
+
+
+def test_only_a_local_model_whose_end_of_turn_is_not_an_eos_gets_stop_token_ids(eot_model_dir, tiny_model_dir):
+    from mtgrpo.feedback.model import end_of_turn_stop_ids
+
+    assert end_of_turn_stop_ids(str(eot_model_dir)) == [END_OF_TURN]
+    assert end_of_turn_stop_ids(str(tiny_model_dir)) == []  # EOS <|im_end|>: the server stops there anyway
+    assert end_of_turn_stop_ids("gpt-4o-mini") == []  # a hosted API's name: no tokenizer here, nothing downloaded
 
 
 # ---- a trained feedback model on its own server -------------------------------------------------------------------
@@ -272,7 +292,6 @@ def test_trained_feedback_model_samples_and_pushes_its_own_weights_to_its_server
             server.stop()
 
 
-@pytest.mark.xfail(strict=False, reason=ISSUE_21_14)
 def test_trained_feedback_requests_carry_the_feedback_end_of_turn(tmp_path, eot_model_dir, tcp_weights):
     servers = []
     try:
