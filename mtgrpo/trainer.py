@@ -306,6 +306,11 @@ def build_trainer(script_args, training_args, model_args, trainer_cls=None):
             "folder there. Pass a folder path (recipe field / flag `output_dir`)."
         )
     check_model_path(model_args.model_name_or_path)
+    if training_args.use_vllm and not _trl_finds_vllm():  # TRL would fail only after loading the model
+        raise ValueError(
+            "use_vllm: true generates with vLLM, which is not installed here. On a CUDA machine install the vllm "
+            "extra (pip install 'mtgrpo[vllm]'); on a CPU, set use_vllm: false (flag --use_vllm false)."
+        )
     if training_args.feedback_source == "model" and not training_args.feedback_server_url:
         check_model_path(training_args.feedback_model_name_or_path, "feedback_model_name_or_path")
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
@@ -337,6 +342,12 @@ def build_trainer(script_args, training_args, model_args, trainer_cls=None):
             processing_class=tokenizer,
             peft_config=get_peft_config(model_args),
         )
+
+
+def _trl_finds_vllm() -> bool:
+    from trl.generation import vllm_generation  # the check TRL's generation makes, where TRL makes it
+
+    return vllm_generation.is_vllm_available()
 
 
 class RolloutServerError(RuntimeError):

@@ -2,6 +2,7 @@
 with exit status 2, before anything is loaded or written (issue 21, items 1-4 and 6). Driven through the real CLI."""
 
 import gzip
+import importlib.util
 import json
 import os
 import subprocess
@@ -152,3 +153,11 @@ def test_dead_feedback_server_while_the_trainer_is_built(tmp_path):
     result = run("mtgrpo.train", "--config", "recipes/smollm2-135m-instruct/arithmetic-bilevel.yaml",
                  "--feedback_server_url", url, "--feedback_timeout", "1", "--output_dir", str(tmp_path / "run"))  # fmt: skip
     assert_clean(result, url)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="about a machine without vLLM")
+def test_use_vllm_without_vllm_installed(tmp_path):
+    # A GPU recipe run on a CPU machine: TRL would raise ImportError only after loading the model.
+    result = run("mtgrpo.train", "--config", DEMO, "--use_vllm", "true", "--output_dir", str(tmp_path / "run"))
+    assert_clean(result, "use_vllm: true", "not installed", "mtgrpo[vllm]", "--use_vllm false")
+    assert not (tmp_path / "run").exists()
