@@ -422,10 +422,25 @@ class MTGRPOConfig(GRPOConfig):
                 f"max_completion_length={self.max_completion_length} must be >= 1: it is the most tokens one turn "
                 "may generate (recipe field `max_completion_length`)."
             )
+        self._check_run_size()
         self._check_tool_fields()
         self._check_self_correction_fields()
         self._fall_back_from_bf16_without_gpu()
         super().__post_init__()
+
+    def _check_run_size(self) -> None:
+        # transformers reads any max_steps <= 0 as "train num_train_epochs epochs": -3 would silently run a whole
+        # epoch, and a batch of 0 fails only inside torch's sampler once the model is loaded.
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(
+                f"max_steps={self.max_steps}: give the number of optimizer steps (>= 1), or -1 (the default) to train "
+                "num_train_epochs epochs instead (recipe field `max_steps`)."
+            )
+        if self.per_device_train_batch_size < 1:
+            raise ValueError(
+                f"per_device_train_batch_size={self.per_device_train_batch_size} must be >= 1: completions per device "
+                "and step, a multiple of num_generations (recipe field `per_device_train_batch_size`)."
+            )
 
     def _check_feedback_model_fields(self) -> None:
         """feedback_source: model and episode: plan (docs/feedback_model.md)."""
@@ -666,3 +681,11 @@ class ScriptArguments:
         default_factory=lambda: ["math_answer_correct", "format_reward"],
         metadata={"help": "Reward function names (see rewards/) or dotted paths `pkg.module.function`."},
     )
+
+    def __post_init__(self):
+        for name in ("num_train_examples", "num_test_examples"):
+            count = getattr(self, name)
+            if count is not None and count < 1:  # 0 rows would surface later as a dataset without columns
+                raise ValueError(
+                    f"{name}={count} must be >= 1, or unset for the dataset's default (recipe field `{name}`)."
+                )

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--config" not in argv:
         argv = ["--config", DEFAULT_RECIPE, *argv]
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from .episodes import build_episode
     from .evaluation.evaluate import evaluate
@@ -35,16 +35,22 @@ def main(argv: list[str] | None = None) -> int:
     from .recipe import parse_recipe
     from .registry import get_reward_func
     from .tasks.data import load_recipe_split
-    from .trainer import build_trainer
+    from .trainer import build_trainer, check_training_inputs, load_tokenizer, make_output_dir
 
-    script_args, training_args, model_args = parse_recipe(argv)
-    started = time.time()
-    print("[1/4] Preparing the model", flush=True)
-    model_path = resolve_model_path(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    test_set = load_recipe_split(script_args, "test", seed=training_args.seed)
-    episode = build_episode(training_args, for_evaluation=True)
-    correctness = get_reward_func(training_args.correctness_reward)
+    try:  # bad input: one clear line, exit status 2, before the first evaluation (minutes) rather than after it
+        script_args, training_args, model_args = parse_recipe(argv)
+        started = time.time()
+        check_training_inputs(script_args, training_args, model_args)
+        test_set = load_recipe_split(script_args, "test", seed=training_args.seed)
+        episode = build_episode(training_args, for_evaluation=True)
+        correctness = get_reward_func(training_args.correctness_reward, "correctness_reward")
+        make_output_dir(training_args.output_dir)
+        print("[1/4] Preparing the model", flush=True)
+        model_path = resolve_model_path(model_args.model_name_or_path)
+        tokenizer = load_tokenizer(model_path, model_args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mtgrpo demo: {err}", file=sys.stderr)
+        return 2
 
     def held_out(model, desc):
         return evaluate(

@@ -19,12 +19,30 @@ import yaml
 def read_recipe(path: str | Path) -> dict:
     """The recipe as a plain dict (no torch/TRL import)."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(
+            f"Recipe {path} is a folder. Pass one of its YAML files (recipes/<model>/<task>-<episode>.yaml)."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"Recipe {path} does not exist. Pass a YAML file under recipes/.")
-    recipe = yaml.safe_load(path.read_text()) or {}
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"Recipe {path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(recipe, dict):
         raise ValueError(f"Recipe {path} must be a YAML mapping of field: value.")
     return recipe
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error as one line with its line numbers, and the usual fix for a tab."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    opened = f"{context} opened on line {start.line + 1}: " if context and start else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    fix = "indent with spaces, not tabs" if "\\t" in problem else "fix the YAML there"
+    return f"{opened}{problem}{where}; {fix}."
 
 
 def recipe_dataclasses():
@@ -51,15 +69,33 @@ def check_recipe_keys(path: str | Path) -> dict:
     return recipe
 
 
-def parse_recipe(argv: list[str] | None = None):
-    """(script_args, training_args, model_args) from `--config RECIPE` plus CLI overrides (TRL's TrlParser)."""
+def parse_recipe(argv: list[str] | None = None, command_flags: list[str] | tuple = ()):
+    """(script_args, training_args, model_args) from `--config RECIPE` plus CLI overrides (TRL's TrlParser).
+    `command_flags`: the calling command's own flags (`mtgrpo eval --limit`), offered for a misspelled flag."""
     from trl import TrlParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" in argv:
-        check_recipe_keys(argv[argv.index("--config") + 1])
+    # Our checks first: argparse would print its 250-line usage for one bad value and HfArgumentParser would name
+    # an unknown flag without the closest valid one.
+    if "-h" not in argv and "--help" not in argv:  # with --help, TrlParser lists the fields
+        path = _config_path(argv)
+        if path is not None:
+            check_recipe(path)
+        check_overrides(argv, command_flags=command_flags)
     parser = TrlParser(recipe_dataclasses())
     return parser.parse_args_and_config(args=argv)
+
+
+def _config_path(argv: list[str]) -> str | None:
+    """The recipe path of `--config PATH` or `--config=PATH`; None without --config."""
+    for i, token in enumerate(argv):
+        if token.startswith("--config="):
+            return token.partition("=")[2]
+        if token == "--config":
+            if i + 1 == len(argv) or argv[i + 1].startswith("--"):
+                raise ValueError("--config needs a recipe file: --config recipes/<model>/<task>-<episode>.yaml.")
+            return argv[i + 1]
+    return None
 
 
 def _expected(action) -> str:
@@ -106,7 +142,8 @@ def _override_pairs(overrides: list[str]) -> list[tuple[str, object]]:
     while i < len(overrides):
         token = overrides[i]
         if not token.startswith("--"):
-            raise ValueError(f"Unexpected argument {token!r}: recipe overrides are --field value pairs.")
+            recipe = f" A recipe is passed as --config {token}." if token.endswith((".yaml", ".yml")) else ""
+            raise ValueError(f"Unexpected argument {token!r}: recipe overrides are --field value pairs.{recipe}")
         name, eq, value = token[2:].partition("=")
         i += 1
         if eq:
@@ -124,32 +161,52 @@ def check_recipe(path: str | Path, overrides: list[str] | tuple = (), launcher_f
     """The whole recipe with its CLI overrides, checked without building anything (no device is touched): unknown
     keys and flags with the closest valid name (a launcher's own flags included), and each value's type. What a
     launcher calls before it starts a server or submits a job; returns the recipe."""
+    recipe = check_recipe_keys(path)
+    flags = _field_flags()
+    for key, value in recipe.items():
+        action = flags.get(f"--{key}")
+        if action is not None and _value_problem(action, value):
+            raise ValueError(
+                f"Recipe {path}: {key}: {value!r} is not {_expected(action)} (recipe field `{key}`). Fix the value."
+            )
+    check_overrides(overrides, launcher_flags, flags)
+    return recipe
+
+
+def _field_flags() -> dict:
+    """Every spelling TrlParser takes for a recipe field (--max_steps, --max-steps, --no_log_on_each_node) -> its
+    argparse action; `--field` itself maps to the action that stores the value."""
     from trl import TrlParser
 
-    recipe = check_recipe_keys(path)
-    actions = {}
+    flags = {}
     for action in TrlParser(recipe_dataclasses())._actions:
-        if action.option_strings == [f"--{action.dest}"] or action.dest not in actions:
-            actions.setdefault(action.dest, action)
-    for key, value in recipe.items():
-        if key in actions and _value_problem(actions[key], value):
-            raise ValueError(
-                f"Recipe {path}: {key}: {value!r} is not {_expected(actions[key])} (recipe field `{key}`). Fix the value."
-            )
+        for flag in action.option_strings if action.dest != "help" else ():
+            flags.setdefault(flag, action)
+    return flags
+
+
+def check_overrides(overrides: list[str] | tuple, launcher_flags: list[str] | tuple = (), flags: dict | None = None,
+                    command_flags: list[str] | tuple = ()):
+    """`--field value` overrides: an unknown flag with the closest valid one, a value of the wrong type."""
+    flags = flags or _field_flags()
     for name, value in _override_pairs(list(overrides)):
         if name == "config":
             continue
-        if name not in actions:
-            flags = sorted({*launcher_flags, *(f"--{dest}" for dest in actions if dest != "help")})
-            close = difflib.get_close_matches(f"--{name}", flags, n=1)
+        action = flags.get(f"--{name}")
+        if action is None:
+            names = sorted({*launcher_flags, *command_flags, *(f"--{a.dest}" for a in flags.values())})
+            close = difflib.get_close_matches(f"--{name}", names, n=1)
             hint = f" Did you mean {close[0]}?" if close else ""
-            raise ValueError(
-                f"Unknown flag --{name}: not a launcher option and not a recipe field.{hint} Launcher options are "
-                "spelled with dashes (--num-nodes); recipe overrides with the field name (--learning_rate 1.0e-06)."
-            )
-        action = actions[name]
-        if value is None and getattr(action.type, "__name__", "") == "string_to_bool":
-            continue  # a bare boolean flag: --bf16
+            if launcher_flags:
+                raise ValueError(
+                    f"Unknown flag --{name}: not a launcher option and not a recipe field.{hint} Launcher options are "
+                    "spelled with dashes (--num-nodes); recipe overrides with the field name (--learning_rate 1.0e-06)."
+                )
+            raise ValueError(f"Unknown flag --{name}: not a recipe field.{hint} The fields are listed by --help.")
+        if value is None and (action.nargs in (0, "?") or getattr(action.type, "__name__", "") == "string_to_bool"):
+            continue  # a bare flag: --bf16, --no_log_on_each_node
+        if value is None and action.nargs == "+":
+            raise ValueError(f"--{name}: needs one or more values, e.g. --{name} A B (recipe field `{action.dest}`).")
         if value is None or _value_problem(action, value):
-            raise ValueError(f"--{name} {value if value is not None else ''}: needs {_expected(action)} (recipe field `{name}`).")
-    return recipe
+            shown = f"--{name} {value if value is not None else ''}".rstrip()
+            raise ValueError(f"{shown}: needs {_expected(action)} (recipe field `{action.dest}`).")

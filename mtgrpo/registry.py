@@ -39,19 +39,28 @@ def _load_rewards_package() -> ModuleType:
     return module
 
 
-def get_reward_func(name: str) -> Callable:
-    """The reward function registered as ``name``, or the one at dotted path ``pkg.module.func`` / ``pkg.module:func``."""
+def get_reward_func(name: str, field: str = "reward_funcs") -> Callable:
+    """The reward function registered as ``name``, or the one at dotted path ``pkg.module.func`` / ``pkg.module:func``.
+    `field`: the recipe field that named it, for the error messages."""
     reward_funcs = _load_rewards_package().REWARD_FUNCS
     if name in reward_funcs:
         return reward_funcs[name]
     if "." in name or ":" in name:
         module_name, _, attr = name.rpartition(":") if ":" in name else name.rpartition(".")
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:  # a wrong path, or a package it needs; an error in its code keeps its traceback
+            raise ValueError(
+                f"Reward {name!r} (recipe field `{field}`): cannot import {module_name!r}: {err}. Check the module "
+                "path (importable from where you run, or installed) and that the packages it imports are installed."
+            ) from None
         if not hasattr(module, attr):
-            raise ValueError(f"Reward {name!r}: module {module_name!r} has no attribute {attr!r}.")
+            raise ValueError(
+                f"Reward {name!r} (recipe field `{field}`): module {module_name!r} has no attribute {attr!r}."
+            )
         return getattr(module, attr)
     raise ValueError(
-        f"Unknown reward {name!r}. Known rewards: {', '.join(sorted(reward_funcs))}. "
+        f"Unknown reward {name!r} (recipe field `{field}`). Known rewards: {', '.join(sorted(reward_funcs))}. "
         "Use one of these names or a dotted path to your own function, e.g. my_pkg.my_module.my_reward."
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from .recipe import parse_recipe
 
@@ -46,10 +47,36 @@ def main(argv: list[str] | None = None) -> int:
     except FeedbackServerError as err:  # the feedback server is down or answers nothing: not a bug, say how to fix it
         print(f"mtgrpo train: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what matters is what the run kept on disk, not where Python was
+        _close_progress_bar(trainer)  # so the message is a line of its own, not the tail of the bar's
+        print(f"mtgrpo train: {_interrupted(trainer)}", file=sys.stderr)
+        return 130
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(training_args.output_dir)
     return 0
+
+
+def _close_progress_bar(trainer) -> None:
+    from transformers.trainer_callback import ProgressCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback) and getattr(callback, "training_bar", None) is not None:
+            callback.training_bar.close()
+            callback.training_bar = None
+
+
+def _interrupted(trainer) -> str:
+    """What an interrupted run kept (logged metrics and transcripts are written as they come) and how to go on."""
+    from .history import HISTORY_FILE
+    from .launch.checkpoints import latest_checkpoint
+
+    out = Path(trainer.args.output_dir)
+    kept = [str(path) for path in (out / HISTORY_FILE, out / "episodes") if path.exists()]
+    newest = latest_checkpoint(out)
+    resume = f"the same command resumes from {newest}" if newest else "no checkpoint was saved, so a rerun starts over"
+    step, steps = trainer.state.global_step, trainer.state.max_steps
+    return f"interrupted (Ctrl-C) after step {step} of {steps}; kept {', '.join(kept) or 'nothing'}; {resume}."
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import traceback
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
@@ -289,17 +290,59 @@ def build_trainer(script_args, training_args, model_args, trainer_cls=None):
 
     `trainer_cls` (default MultiTurnGRPOTrainer) lets a benchmark build TRL's plain GRPOTrainer from the same recipe.
     """
-    from pathlib import Path
-
-    from transformers import AutoTokenizer
     from trl import get_peft_config
 
+    from .models import resolve_model_path
+
+    reward_funcs, train_dataset = check_training_inputs(script_args, training_args, model_args)
+    # The episode's parts (tools, feedback checker, environment) are resolved before the model is loaded, so a
+    # misspelled tool fails in seconds; the trainer takes this episode instead of building its own.
+    own_episode = {"episode": build_episode(training_args)} if trainer_cls is None else {}
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_path, model_args)
+    training_args.model_init_kwargs = {
+        **(training_args.model_init_kwargs or {}),
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    make_output_dir(training_args.output_dir)  # the Trainer would make it only after loading the model
+    with rollout_server_errors(training_args):
+        return (trainer_cls or MultiTurnGRPOTrainer)(
+            model=model_path,
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=train_dataset,
+            processing_class=tokenizer,
+            peft_config=get_peft_config(model_args),
+            **own_episode,
+        )
+
+
+def load_tokenizer(model_path: str, model_args):
+    """The model's tokenizer, padding with EOS where it has no pad token."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    except OSError as err:  # a hub id that is neither cached nor reachable
+        raise ValueError(
+            f"Could not load model_name_or_path {model_args.model_name_or_path!r} ({err}). Download it first "
+            "(`hf download ID`), or pass a local folder saved by save_pretrained."
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def check_training_inputs(script_args, training_args, model_args):
+    """build_trainer's cheap checks, so a bad recipe fails before any model is loaded or file is written (the demo
+    runs them before its first evaluation). Returns (the reward functions, the training split)."""
     from .episodes import episode_reward_columns
-    from .models import check_model_path, resolve_model_path
-    from .registry import check_reward_columns, get_reward_funcs
+    from .models import check_model_path
+    from .registry import check_reward_columns, get_reward_func, get_reward_funcs
     from .tasks.data import load_recipe_split
 
-    # Cheap checks first, so a bad recipe fails before any model is loaded or file is written.
     if Path(training_args.output_dir).is_file():
         raise ValueError(
             f"output_dir {training_args.output_dir!r} is a file; the run writes checkpoints and the model into a "
@@ -314,34 +357,22 @@ def build_trainer(script_args, training_args, model_args, trainer_cls=None):
     if training_args.feedback_source == "model" and not training_args.feedback_server_url:
         check_model_path(training_args.feedback_model_name_or_path, "feedback_model_name_or_path")
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
+    if training_args.correctness_reward:  # a misspelled name would only turn the accuracy metrics off, with a warning
+        get_reward_func(training_args.correctness_reward, "correctness_reward")
     train_dataset = load_recipe_split(script_args, "train", seed=training_args.seed)
     columns = [*train_dataset.column_names, *episode_reward_columns(training_args.episode)]
     check_reward_columns(reward_funcs, columns, script_args.dataset_name)
-    model_path = resolve_model_path(model_args.model_name_or_path)
+    return reward_funcs, train_dataset
+
+
+def make_output_dir(path: str | Path, name: str = "output_dir") -> None:
+    """Create the folder a run writes into before the expensive part: a path where no folder can be made (below a
+    file, on a read-only or virtual file system) fails in seconds, not after the model is loaded or the work is done."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
-    except OSError as err:  # a hub id that is neither cached nor reachable
-        raise ValueError(
-            f"Could not load model_name_or_path {model_args.model_name_or_path!r} ({err}). Download it first "
-            "(`hf download ID`), or pass a local folder saved by save_pretrained."
-        ) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    training_args.model_init_kwargs = {
-        **(training_args.model_init_kwargs or {}),
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-    }
-    with rollout_server_errors(training_args):
-        return (trainer_cls or MultiTurnGRPOTrainer)(
-            model=model_path,
-            reward_funcs=reward_funcs,
-            args=training_args,
-            train_dataset=train_dataset,
-            processing_class=tokenizer,
-            peft_config=get_peft_config(model_args),
-        )
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror or err
+        raise ValueError(f"{name} {str(path)!r} cannot be created ({reason}). Pass a folder you can write to.") from None
 
 
 def _trl_finds_vllm() -> bool:

@@ -103,6 +103,8 @@ def validate(options: JobOptions) -> None:
         raise ValueError(
             f"{options.instance_type!r} is not a SageMaker training instance type. GPU choices: {gpu}."
         )
+    if options.instance_count < 1:  # the SDK would pass 0 on to AWS and fail on a negative count with a traceback
+        raise ValueError(f"--instance-count {options.instance_count}: a job needs >= 1 instance.")
     if options.generation_node and options.instance_count < 2:
         raise ValueError(
             "--generation-node puts vLLM on an instance of its own and needs --instance-count 2 or more."

@@ -134,18 +134,21 @@ def use_trained_feedback_model(training_args, model_dir: str | None, greedy: boo
 
 def run_eval(argv: list[str]) -> EvalReport:
     """Parse `mtgrpo eval` arguments, evaluate, write the result files. Raises on bad input, before writing."""
-    args, recipe_argv = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, recipe_argv = parser.parse_known_args(argv)
     _check_args(args)
     from ..recipe import parse_recipe
 
     if args.split:
         recipe_argv += ["--dataset_test_split", args.split]
-    script_args, training_args, model_args = parse_recipe(["--config", args.config, *recipe_argv])
+    own_flags = [flag for action in parser._actions for flag in action.option_strings]
+    script_args, training_args, model_args = parse_recipe(["--config", args.config, *recipe_argv], own_flags)
     backend_name = _choose_backend(args.backend)
 
     from ..episodes import build_episode
     from ..registry import get_reward_func
     from ..tasks.data import load_recipe_split
+    from ..trainer import make_output_dir
 
     # Cheap checks first: a bad dataset or reward name fails before any model is loaded.
     correctness = get_reward_func(training_args.correctness_reward)
@@ -160,6 +163,7 @@ def run_eval(argv: list[str]) -> EvalReport:
     output_dir = (
         Path(args.output_dir) if args.output_dir else default_output_dir(model_args.model_name_or_path)
     )
+    make_output_dir(output_dir, "--output_dir")  # now, not after the whole evaluation ran and had nowhere to go
     temperature = args.temperature or training_args.temperature
     max_new_tokens = training_args.max_completion_length
 

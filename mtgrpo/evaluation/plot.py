@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import logging
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..history import HISTORY_FILE
+
+logger = logging.getLogger(__name__)
 
 # Panels of the training figure: title, metric name patterns (fnmatch). A panel is drawn when any name matched.
 TRAINING_PANELS = [
@@ -56,7 +59,7 @@ def load_history(run_dir: str | Path) -> list[dict]:
     run_dir = Path(run_dir)
     jsonl = run_dir / HISTORY_FILE
     if jsonl.is_file():
-        return _drop_replayed([json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()])
+        return _drop_replayed(_read_log_lines(jsonl))
     checkpoints = sorted(
         (int(m.group(1)), p)
         for p in run_dir.glob("checkpoint-*")
@@ -72,6 +75,23 @@ def load_history(run_dir: str | Path) -> list[dict]:
     raise FileNotFoundError(
         f"{run_dir} has no training history: no {HISTORY_FILE}, trainer_state.json or checkpoint-*/trainer_state.json."
     )
+
+
+def _read_log_lines(path: Path) -> list[dict]:
+    """The entries of a log_history.jsonl. A run killed while it wrote leaves a cut-off line (and a resumed run
+    appends after it): such lines are skipped with a warning, so the steps around them still plot."""
+    entries, unreadable = [], []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            unreadable.append(str(number))
+    if unreadable:
+        lines = ", ".join(unreadable)
+        logger.warning("Skipped %s line %s: not valid JSON (cut off when the run was killed?).", path, lines)
+    return entries
 
 
 def _drop_replayed(entries: list[dict]) -> list[dict]:
@@ -158,7 +178,12 @@ def plot_eval(columns: dict[str, dict[str, float]], path: str | Path, title: str
 
 
 def _save(fig, plt, path: Path, series: list[str]) -> Plot:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        plt.close(fig)
+        raise ValueError(f"--output {path.parent} cannot be created ({err.strerror or err}). Pass a folder you can "
+                         "write to.") from None
     fig.tight_layout()
     fig.savefig(path, dpi=90)  # small enough to commit (docs/)
     plt.close(fig)
@@ -168,16 +193,18 @@ def _save(fig, plt, path: Path, series: list[str]) -> Plot:
 def plot_run(run_dir: str | Path, output: str | Path | None = None) -> list[Plot]:
     """Every plot a run directory supports; raises FileNotFoundError when it has neither history nor eval results."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise FileNotFoundError(f"{run_dir} is a file. Pass the folder of a run (its output_dir).")
     if not run_dir.is_dir():
         raise FileNotFoundError(
             f"Run directory {run_dir} does not exist. Pass the output_dir of a training run."
         )
     output = Path(output) if output else run_dir / "plots"
-    plots = []
     try:
-        plots.append(plot_training({run_dir.name: load_history(run_dir)}, output / "training_curves.png"))
+        history = load_history(run_dir)
     except FileNotFoundError:
-        pass  # an eval-only directory: the eval chart below is all there is
+        history = []  # an eval-only directory: the eval chart below is all there is
+    plots = [plot_training({run_dir.name: history}, output / "training_curves.png")]
     columns = load_eval_columns(run_dir)
     if columns:
         plots.append(plot_eval(columns, output / "eval_accuracy.png", title=f"{run_dir.name}: eval accuracy"))
@@ -198,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         plots = plot_run(args.run_dir, args.output)
-    except (FileNotFoundError, ImportError) as err:
+    except (FileNotFoundError, ImportError, ValueError) as err:
         print(f"mtgrpo plot: {err}", file=sys.stderr)
         return 2
     for plot in plots:
