@@ -8,6 +8,7 @@ dataclasses are imported only when a recipe is checked or parsed.
 from __future__ import annotations
 
 import difflib
+import functools
 import sys
 from argparse import ArgumentTypeError
 from dataclasses import fields
@@ -173,6 +174,7 @@ def check_recipe(path: str | Path, overrides: list[str] | tuple = (), launcher_f
     return recipe
 
 
+@functools.cache  # one TrlParser for every check of a command, not one per recipe and per flag list
 def _field_flags() -> dict:
     """Every spelling TrlParser takes for a recipe field (--max_steps, --max-steps, --no_log_on_each_node) -> its
     argparse action; `--field` itself maps to the action that stores the value."""

@@ -31,6 +31,8 @@ class ScoreStageMixin:
         episode = self.episode
         if not hasattr(episode, "restaged") or episode.stage != 1:
             return
+        if episode.stage_at(self._last_step_training_this_generation()) == 1:
+            return  # every micro-batch of it is trained in stage I (the usual case): no view, no collective
         rollouts = episode.restaged(self._rollouts, stage=2)
         advantages = episode.advantages(rewards, num_generations, self.scale_rewards, stage=2)
         local = {k: v[start : start + count].cpu() for k, v in advantages.items()}
@@ -46,6 +48,13 @@ class ScoreStageMixin:
         if "turn_kl_coef" in output:
             view["turn_kl_coef"] = turn_kl_coefficients(rollouts, self.args.turn_kl, width).to(device)
         output.update({_PREFIX + key: value for key, value in view.items()})
+
+    def _last_step_training_this_generation(self) -> int:
+        """An upper bound on the last optimizer step that trains the generation being made: TRL trains it over the
+        next steps_per_generation * num_iterations micro-batches, which may start mid-step (the + 1)."""
+        micro_batches = self.args.steps_per_generation * self.num_iterations
+        accumulation = self.args.gradient_accumulation_steps
+        return self.state.global_step + (micro_batches + accumulation - 1) // accumulation
 
     def _compute_loss(self, model, inputs):
         if hasattr(self.episode, "stage_at") and self.model.training:

@@ -258,6 +258,8 @@ def test_trainer_switches_score_stage_by_global_step(tiny_model_dir, tmp_path):
         out = trainer._generate_and_score_completions(rows)
         assert trainer.generation_calls == 2 * (1 + step // 2)
         assert out["advantages"].shape == out["completion_ids"].shape
+        # Trained at step 0 or 2 only (one micro-batch per generation): nothing of it is trained in another stage.
+        assert not any(key.startswith("stage2_") for key in out)
     # Stage I without a turn-1 KL: only the second attempt is trained; stage II: both.
     assert seen[0] == [["refine"]] * 4 and seen[1] == [["solve", "refine"]] * 4
     assert trainer._metrics["train"]["score/stage"] == [1.0, 2.0]
